@@ -1,0 +1,51 @@
+"""Atomic file writing: a file the user asked for is either written whole or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --force) to replace it")
+    if path.exists() and path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, expected a file path")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success rename it over ``path``.
+
+    The parent folder is created if missing. On any exception (including Ctrl-C) the
+    temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    _check_target(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str, overwrite: bool = True) -> Path:
+    """Write ``text`` to ``path`` atomically (UTF-8); returns the path."""
+    with atomic_path(path, overwrite) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path."""
+    with atomic_path(path, overwrite) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)

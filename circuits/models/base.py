@@ -1,0 +1,214 @@
+"""Adapter base: a `transformers` causal LM seen in residual-stream form.
+
+An adapter reads the model's own modules and weights (no copies, no hooks, no
+TransformerLens) and exposes the pieces the runtime needs:
+
+* ``embed(ids, position_ids)`` -> the ``input`` node's output ``[B, P, d]``;
+* per layer: the attention's normalisation, per-head q/k/v projections that accept either
+  one shared residual ``[B, P, d]`` or one residual per head ``[H, B, P, d]``, rotary,
+  attention, per-head outputs ``[H, B, P, d]`` (``W_O`` applied; the constant output bias
+  kept apart), and the MLP (normalisation + module, output bias included);
+* ``unembed(resid)`` -> logits (final norm + LM head).
+
+Families differ only in where the weights live and in small details (scaling, rotary,
+parallel residual, sliding windows), which subclasses provide through the accessor methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AttnWeights:
+    """One layer's attention weights as views of the model's parameters (no copies).
+
+    ``W_Q``: [H, d, dh], ``W_K``/``W_V``: [Hkv, d, dh], ``W_O``: [H, dh, d];
+    biases ``b_Q``: [H, dh], ``b_K``/``b_V``: [Hkv, dh], ``b_O``: [d] (any may be None).
+    """
+
+    W_Q: torch.Tensor
+    W_K: torch.Tensor
+    W_V: torch.Tensor
+    W_O: torch.Tensor
+    b_Q: torch.Tensor | None
+    b_K: torch.Tensor | None
+    b_V: torch.Tensor | None
+    b_O: torch.Tensor | None
+
+
+class Adapter:
+    """Residual-stream view of a causal LM. Subclasses implement the accessors."""
+
+    family: str = "base"
+    #: config.model_type values this adapter accepts
+    model_types: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.config = model.config
+        self.check_config(self.config)
+        shape = self.graph_shape(self.config)
+        self.n_layers: int = shape["n_layers"]
+        self.n_heads: int = shape["n_heads"]
+        self.parallel_attn_mlp: bool = shape["parallel_attn_mlp"]
+        self.n_kv_heads: int = self.kv_heads(self.config)
+        self.d_model: int = int(self.config.hidden_size)
+        self.head_dim: int = self.get_head_dim(self.config)
+
+    # ---------------------------------------------------------------- config-level facts
+    @classmethod
+    def graph_shape(cls, config: Any) -> dict[str, Any]:
+        """``n_layers``, ``n_heads`` and ``parallel_attn_mlp`` from a config (no weights needed)."""
+        return {
+            "n_layers": int(config.num_hidden_layers),
+            "n_heads": int(config.num_attention_heads),
+            "parallel_attn_mlp": False,
+        }
+
+    @classmethod
+    def kv_heads(cls, config: Any) -> int:
+        return int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+
+    @classmethod
+    def get_head_dim(cls, config: Any) -> int:
+        return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Raise NotImplementedError for config features the adapter does not handle."""
+
+    # ---------------------------------------------------------------- accessors (override)
+    def embed(self, ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def attn_norm(self, layer: int) -> nn.Module:
+        raise NotImplementedError
+
+    def mlp_norm(self, layer: int) -> nn.Module:
+        raise NotImplementedError
+
+    def mlp(self, layer: int) -> nn.Module:
+        raise NotImplementedError
+
+    def final_norm(self) -> nn.Module:
+        raise NotImplementedError
+
+    def lm_head(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+    def attn_weights(self, layer: int) -> AttnWeights:
+        raise NotImplementedError
+
+    def attn_scale(self, layer: int) -> float:
+        return self.head_dim**-0.5
+
+    def attn_window(self, layer: int) -> int | None:
+        """Sliding-window size (a query attends to keys with ``q - k < window``), or None."""
+        return None
+
+    def rotary(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(cos, sin)`` each ``[B, P, rot_dim]``, or None for models without rotary."""
+        return None
+
+    # ---------------------------------------------------------------- generic computation
+    def unembed(self, resid: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head: ``[..., P, d]`` -> ``[..., P, V]``."""
+        return self.lm_head()(self.final_norm()(resid))
+
+    def project_qkv(
+        self, layer: int, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised residual(s) -> q, k, v, each ``[B, H, P, dh]`` (k, v per *query* head).
+
+        Each input is either shared ``[B, P, d]`` or per query head ``[H, B, P, d]``.
+        With GQA, a query head's k/v input is projected by its group's ``W_K``/``W_V``,
+        indexed by a grouped view rather than materialised per head.
+        """
+        w = self.attn_weights(layer)
+        q = _proj(xq, w.W_Q, w.b_Q)
+        k = _proj(xk, w.W_K, w.b_K)
+        v = _proj(xv, w.W_V, w.b_V)
+        return q, k, v
+
+    def attend(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Scaled dot-product attention; ``mask`` is bool ``[B, 1, P, P]`` (True = attend)."""
+        window = self.attn_window(layer)
+        if window is not None and window < q.shape[-2]:
+            P = q.shape[-2]
+            i = torch.arange(P, device=q.device)
+            mask = mask & ((i[:, None] - i[None, :]) < window)
+        scale = self.attn_scale(layer)
+        if q.dtype != torch.float32 and self.upcast_attention:
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=scale)
+            return out.to(v.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+    #: compute attention scores in float32 (GPT-Neo does this)
+    upcast_attention: bool = False
+
+    def head_outputs(self, layer: int, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-head contributions to the residual: ctx ``[B, H, P, dh]`` -> ``[H, B, P, d]``, plus b_O."""
+        w = self.attn_weights(layer)
+        return torch.einsum("bhpe,hed->hbpd", ctx, w.W_O), w.b_O
+
+
+def _proj(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """Project shared ``[B, P, d]`` or per-head ``[H, B, P, d]`` inputs with ``W`` [Hw, d, dh].
+
+    Returns ``[B, H, P, dh]`` where H is the number of query heads (``x.shape[0]`` when
+    per-head, else ``Hw``; for shared GQA k/v the caller repeats groups).
+    """
+    Hw, d, dh = W.shape
+    if x.dim() == 3:  # shared input: one matmul for all heads
+        out = (x @ W.permute(1, 0, 2).reshape(d, Hw * dh)).view(*x.shape[:2], Hw, dh).transpose(1, 2)
+        if b is not None:
+            out = out + b[None, :, None, :]
+        return out
+    H = x.shape[0]
+    if H == Hw:
+        out = torch.einsum("hbpd,hde->bhpe", x, W)
+        if b is not None:
+            out = out + b[None, :, None, :]
+        return out
+    # GQA: query heads h = g * rep + r read kv head g (the grouping repeat_kv uses)
+    rep = H // Hw
+    xg = x.view(Hw, rep, *x.shape[1:])
+    out = torch.einsum("grbpd,gde->bgrpe", xg, W)
+    if b is not None:
+        out = out + b[None, :, None, None, :]
+    return out.reshape(out.shape[0], H, *out.shape[3:])
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half rotary on the first ``cos.shape[-1]`` dims of ``x`` [B, H, P, dh]."""
+    rd = cos.shape[-1]
+    cos, sin = cos[:, None], sin[:, None]
+    x_rot, x_pass = x[..., :rd], x[..., rd:]
+    half = rd // 2
+    rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+    out = x_rot * cos + rotated * sin
+    return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
+
+
+def linear_heads(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """``nn.Linear`` weight ``[H*dh, d]`` -> ``[H, d, dh]`` view."""
+    out, d = weight.shape
+    return weight.view(n_heads, out // n_heads, d).transpose(1, 2)
+
+
+def linear_out_heads(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """``nn.Linear`` output-projection weight ``[d, H*dh]`` -> ``[H, dh, d]`` view."""
+    d, inner = weight.shape
+    return weight.t().view(n_heads, inner // n_heads, d)  # splitting dim 0 of a transpose is a view
+
+
+def bias_heads(bias: torch.Tensor | None, n_heads: int) -> torch.Tensor | None:
+    return None if bias is None else bias.view(n_heads, -1)

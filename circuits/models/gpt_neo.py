@@ -1,0 +1,66 @@
+"""GPT-Neo (``GPTNeoForCausalLM``): learned positions, unscaled attention, local/global layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import Adapter, AttnWeights, linear_heads, linear_out_heads
+
+
+class GPTNeoAdapter(Adapter):
+    family = "gpt_neo"
+    model_types = ("gpt_neo",)
+    upcast_attention = True  # GPT-Neo computes attention scores in float32
+
+    @classmethod
+    def graph_shape(cls, config: Any) -> dict[str, Any]:
+        return {"n_layers": int(config.num_layers), "n_heads": int(config.num_heads), "parallel_attn_mlp": False}
+
+    @classmethod
+    def kv_heads(cls, config: Any) -> int:
+        return int(config.num_heads)
+
+    @classmethod
+    def get_head_dim(cls, config: Any) -> int:
+        return int(config.hidden_size // config.num_heads)
+
+    def _block(self, layer: int):
+        return self.model.transformer.h[layer]
+
+    def embed(self, ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        t = self.model.transformer
+        return t.wte(ids) + t.wpe(position_ids)
+
+    def attn_norm(self, layer: int):
+        return self._block(layer).ln_1
+
+    def mlp_norm(self, layer: int):
+        return self._block(layer).ln_2
+
+    def mlp(self, layer: int):
+        return self._block(layer).mlp
+
+    def final_norm(self):
+        return self.model.transformer.ln_f
+
+    def attn_scale(self, layer: int) -> float:
+        return 1.0  # GPT-Neo does not scale attention scores
+
+    def attn_window(self, layer: int) -> int | None:
+        return int(self.config.window_size) if self.config.attention_layers[layer] == "local" else None
+
+    def attn_weights(self, layer: int) -> AttnWeights:
+        a = self._block(layer).attn.attention
+        H = self.n_heads
+        return AttnWeights(
+            linear_heads(a.q_proj.weight, H),
+            linear_heads(a.k_proj.weight, H),
+            linear_heads(a.v_proj.weight, H),
+            linear_out_heads(a.out_proj.weight, H),
+            None,
+            None,
+            None,
+            a.out_proj.bias,
+        )

@@ -1,0 +1,278 @@
+"""Traced forward: the model run in residual-stream form, with edge patching and gradient probes.
+
+One mechanism serves every method:
+
+* **record** the outputs of every sender (``input``, each head, each MLP) as ``[S, B, P, d]``;
+* **patch** edges: with per-edge weights ``w = 1 - mask`` (``[S, R]`` or a batch ``[K, S, R]``),
+  receiver ``v`` reads ``resid_v - Σ_s w_sv (z_s - z_s^corr)`` -- the residual-sum identity,
+  one einsum per sender group and receiver group, never a loop over edges;
+* **probe** receivers: ``on_grad(r0, r1, n_senders, grad)`` is called during backward with
+  ``grad = ∂loss/∂in_v`` for the receivers ``r0:r1`` (``[r1-r0, B', P, d]``);
+* **hook** sender outputs (``sender_hook(s0, s1, z) -> z``) to interpolate or replace them.
+
+Shapes: B examples, P positions, d model width, H heads, K masks; with K masks the batch
+dimension of every activation is ``K * B`` (mask-major).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .graph import Graph
+from .models import Adapter, get_adapter, graph_for
+from .models.base import apply_rotary
+
+GradCallback = Callable[[int, int, int, torch.Tensor], None]
+SenderHook = Callable[[int, int, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class RunOutput:
+    """Result of :meth:`TracedModel.run`.
+
+    ``logits``: ``[B', P, V]`` (``B' = K*B`` with K masks); ``senders``: ``[S, B', P, d]``
+    sender outputs when ``record=True`` (detached), else None.
+    """
+
+    logits: torch.Tensor
+    senders: torch.Tensor | None = None
+
+
+def causal_mask(attention_mask: torch.Tensor | None, B: int, P: int, device: torch.device) -> torch.Tensor:
+    """Bool ``[B, 1, P, P]``: causal, padded keys hidden; every query may see itself (no empty rows)."""
+    i = torch.arange(P, device=device)
+    mask = (i[None, :] <= i[:, None])[None, None].expand(B, 1, P, P)
+    if attention_mask is not None:
+        real = attention_mask.bool()[:, None, None, :]
+        mask = (mask & real) | torch.eye(P, dtype=torch.bool, device=device)[None, None]
+    return mask
+
+
+def default_position_ids(attention_mask: torch.Tensor | None, B: int, P: int, device: torch.device) -> torch.Tensor:
+    """Positions counted over real tokens (left padding safe): ``[B, P]`` long."""
+    if attention_mask is None:
+        return torch.arange(P, device=device)[None].expand(B, P)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class TracedModel(nn.Module):
+    """A `transformers` causal LM with every sender output and receiver input addressable.
+
+    >>> tm = TracedModel(model)            # graph built from the config
+    >>> out = tm.run(ids, attention_mask, record=True)
+    >>> patched = tm.run(ids, attention_mask, corrupted=corr.senders, patch=1 - mask)
+    """
+
+    def __init__(self, model: nn.Module, graph: Graph | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.adapter: Adapter = get_adapter(model)
+        self.graph = graph if graph is not None else graph_for(model)
+        g, a = self.graph, self.adapter
+        if (g.n_layers, g.n_heads, g.parallel_attn_mlp) != (a.n_layers, a.n_heads, a.parallel_attn_mlp):
+            raise ValueError(
+                f"graph ({g.n_layers} layers x {g.n_heads} heads, parallel={g.parallel_attn_mlp}) does not match the model "
+                f"({a.n_layers} x {a.n_heads}, parallel={a.parallel_attn_mlp}); build it with circuits.graph_for(model)"
+            )
+
+    # ------------------------------------------------------------------ index helpers
+    def heads_senders(self, layer: int) -> tuple[int, int]:
+        """Sender index range of layer ``layer``'s heads."""
+        s0 = 1 + layer * (self.graph.n_heads + 1)
+        return s0, s0 + self.graph.n_heads
+
+    def mlp_sender(self, layer: int) -> int:
+        return 1 + layer * (self.graph.n_heads + 1) + self.graph.n_heads
+
+    def attn_receivers(self, layer: int) -> tuple[int, int]:
+        """Receiver index range of layer ``layer``'s q/k/v inputs (head-major, q,k,v interleaved)."""
+        r0 = layer * (3 * self.graph.n_heads + 1)
+        return r0, r0 + 3 * self.graph.n_heads
+
+    def mlp_receiver(self, layer: int) -> int:
+        return layer * (3 * self.graph.n_heads + 1) + 3 * self.graph.n_heads
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # ------------------------------------------------------------------ the forward
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        *,
+        corrupted: torch.Tensor | None = None,
+        patch: torch.Tensor | None = None,
+        record: bool = False,
+        on_grad: GradCallback | None = None,
+        sender_hook: SenderHook | None = None,
+        input_requires_grad: bool = False,
+    ) -> RunOutput:
+        """Run the model; optionally record senders, patch edges, probe receivers.
+
+        Args:
+            input_ids: ``[B, P]`` token ids.
+            attention_mask: ``[B, P]`` 1 = real token (left padding supported).
+            position_ids: ``[B, P]``; default counts real tokens.
+            corrupted: ``[S, Bc, P, d]`` sender outputs that removed edges read (Bc = B, or 1
+                for a broadcast such as a mean ablation).
+            patch: weight of the corrupted value per edge, ``1 - mask``: dense ``[S, R]`` or
+                ``[K, S, R]`` (K masks evaluated together; output batch is ``K * B``),
+                or per edge ``[E]`` / ``[K, E]``. Fractional values interpolate.
+            record: return all sender outputs (detached) as ``RunOutput.senders``.
+            on_grad: called during backward with each receiver group's input gradient.
+            sender_hook: ``(s0, s1, z) -> z`` applied to each sender group's output
+                ``z`` [s1-s0, B', P, d] before anything reads it.
+            input_requires_grad: make the embedding output a leaf that requires grad, so a
+                backward pass reaches every receiver without touching parameter grads.
+        """
+        g, a = self.graph, self.adapter
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, positions], got shape {tuple(input_ids.shape)}")
+        B, P = input_ids.shape
+        dev = input_ids.device
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask, B, P, dev)
+        W = self._patch_weights(patch, dev)
+        K = 1 if W is None else W.shape[0]
+        if W is not None:
+            if corrupted is None:
+                raise ValueError("patching needs the corrupted run's sender outputs: pass corrupted=run(corrupted_ids, record=True).senders")
+            if corrupted.dim() != 4 or corrupted.shape[0] != g.n_senders or corrupted.shape[2] != P or corrupted.shape[1] not in (1, B):
+                raise ValueError(
+                    f"corrupted sender outputs must be [S={g.n_senders}, B={B} (or 1), P={P}, d]; got {tuple(corrupted.shape)}. "
+                    "Clean and corrupted batches must have the same shape."
+                )
+        mask = causal_mask(attention_mask, B, P, dev)
+        x0 = a.embed(input_ids, position_ids)  # [B, P, d]
+        if K > 1:
+            x0 = x0.repeat(K, 1, 1)
+            mask = mask.repeat(K, 1, 1, 1)
+            position_ids = position_ids.repeat(K, 1)
+        if input_requires_grad:
+            x0 = x0.detach().requires_grad_(True)
+        state = _State(self, W, corrupted, K, B, on_grad, sender_hook)
+        x0 = state.emit(0, 1, x0[None])[0]
+        resid = x0
+        rot = a.rotary(x0, position_ids)
+        H = g.n_heads
+        for layer in range(g.n_layers):
+            s_heads0, s_heads1 = self.heads_senders(layer)
+            r0, r1 = self.attn_receivers(layer)
+            x_attn = state.receiver_input(resid, r0, r1, n_senders=s_heads0)  # [3H, B', P, d] or None
+            norm = a.attn_norm(layer)
+            if x_attn is None:
+                h = norm(resid)
+                q, k, v = a.project_qkv(layer, h, h, h)
+                if k.shape[1] != H:  # GQA on the shared path: repeat kv heads to query heads
+                    rep = H // k.shape[1]
+                    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            else:
+                h = norm(x_attn).view(H, 3, *x_attn.shape[1:])
+                q, k, v = a.project_qkv(layer, h[:, 0], h[:, 1], h[:, 2])
+            if rot is not None:
+                q, k = apply_rotary(q, *rot), apply_rotary(k, *rot)
+            ctx = a.attend(layer, q, k, v, mask)
+            z, b_O = a.head_outputs(layer, ctx)  # [H, B', P, d]
+            z = state.emit(s_heads0, s_heads1, z)
+            attn_out = z.sum(0) if b_O is None else z.sum(0) + b_O
+            mr = self.mlp_receiver(layer)
+            if g.parallel_attn_mlp:
+                x_mlp = state.receiver_input(resid, mr, mr + 1, n_senders=s_heads0)
+                resid_mlp = resid
+                resid = resid + attn_out
+            else:
+                resid = resid + attn_out
+                x_mlp = state.receiver_input(resid, mr, mr + 1, n_senders=s_heads1)
+                resid_mlp = resid
+            m_in = resid_mlp if x_mlp is None else x_mlp[0]
+            m = a.mlp(layer)(a.mlp_norm(layer)(m_in))
+            m = state.emit(s_heads1, s_heads1 + 1, m[None])[0]
+            resid = resid + m
+        R = g.n_receivers
+        x_out = state.receiver_input(resid, R - 1, R, n_senders=g.n_senders)
+        logits = a.unembed(resid if x_out is None else x_out[0])
+        return RunOutput(logits, state.recorded() if record else None)
+
+    def _patch_weights(self, patch: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        """Normalise ``patch`` to dense float ``[K, S, R]`` (None = no patching)."""
+        if patch is None:
+            return None
+        g = self.graph
+        if not torch.is_tensor(patch):
+            raise TypeError("patch must be a tensor of per-edge corrupted weights (1 - mask)")
+        if patch.shape[-1] == g.n_edges and patch.dim() in (1, 2):
+            patch = g.to_dense(patch.float())
+        if patch.shape[-2:] != (g.n_senders, g.n_receivers) or patch.dim() not in (2, 3):
+            raise ValueError(
+                f"patch must be [E={g.n_edges}], [K, E], [S={g.n_senders}, R={g.n_receivers}] or [K, S, R]; got {tuple(patch.shape)}"
+            )
+        if patch.dim() == 2:
+            patch = patch[None]
+        patch = patch.to(device=device, dtype=self.dtype)
+        return patch * g.valid.to(device)  # non-edges never patch
+
+
+class _State:
+    """Per-run bookkeeping: sender groups, their patch deltas, probes."""
+
+    def __init__(self, tm: TracedModel, W, corrupted, K: int, B: int, on_grad, sender_hook) -> None:
+        self.tm, self.W, self.corrupted, self.K, self.B = tm, W, corrupted, K, B
+        self.on_grad, self.sender_hook = on_grad, sender_hook
+        self.groups: list[tuple[int, int, torch.Tensor]] = []  # (s0, s1, z [n, B', P, d])
+        self.deltas: dict[int, torch.Tensor] = {}  # group index -> z - z_corr  [n, K, B, P, d]
+
+    def emit(self, s0: int, s1: int, z: torch.Tensor) -> torch.Tensor:
+        if self.sender_hook is not None:
+            z = self.sender_hook(s0, s1, z)
+        self.groups.append((s0, s1, z))
+        return z
+
+    def _delta(self, gi: int) -> torch.Tensor:
+        if gi not in self.deltas:
+            s0, s1, z = self.groups[gi]
+            n, (Bp, P, d) = s1 - s0, z.shape[1:]
+            zc = self.corrupted[s0:s1].to(z.dtype)
+            self.deltas[gi] = z.reshape(n, self.K, self.B, P, d) - zc.unsqueeze(1)
+        return self.deltas[gi]
+
+    def receiver_input(self, resid: torch.Tensor, r0: int, r1: int, n_senders: int) -> torch.Tensor | None:
+        """Inputs of receivers ``r0:r1`` ([r1-r0, B', P, d]), or None when they share ``resid``."""
+        x = None
+        if self.W is not None:
+            Wl = self.W[:, :n_senders, r0:r1]  # [K, n, R_l]
+            if bool(Wl.any()):
+                K, B = self.K, self.B
+                corr = None
+                for gi, (s0, s1, _) in enumerate(self.groups):
+                    if s0 >= n_senders:
+                        break
+                    Wg = Wl[:, s0:s1]
+                    if not bool(Wg.any()):
+                        continue
+                    term = torch.einsum("ksr,skbpd->rkbpd", Wg, self._delta(gi))
+                    corr = term if corr is None else corr + term
+                Bp, P, d = resid.shape
+                x = resid.view(1, K, B, P, d) - corr
+                x = x.reshape(r1 - r0, Bp, P, d)
+        if self.on_grad is not None and resid.requires_grad:
+            if x is None:
+                x = resid[None].expand(r1 - r0, *resid.shape)
+            cb, n = self.on_grad, n_senders
+            x.register_hook(lambda grad, r0=r0, r1=r1: cb(r0, r1, n, grad))
+        return x
+
+    def recorded(self) -> torch.Tensor:
+        return torch.cat([z.detach() for _, _, z in self.groups], dim=0)

@@ -1,0 +1,111 @@
+import json
+
+import networkx as nx
+import pytest
+import torch
+from transformers import AutoConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
+
+from circuits import Graph, graph_for
+from circuits.graph import expected_edge_count
+
+
+@pytest.mark.parametrize(
+    "config,edges",
+    [
+        (GPT2Config(), 32491),  # GPT-2 small
+        (Qwen2Config(num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, hidden_size=896), 179749),
+        (LlamaConfig(num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, hidden_size=4096), 1592881),
+    ],
+)
+def test_edge_counts_match_reference(config, edges):
+    g = graph_for(config)
+    assert g.n_edges == edges == expected_edge_count(g.n_layers, g.n_heads)
+
+
+def test_gpt2_small_nodes_and_names():
+    g = graph_for(GPT2Config())
+    assert g.n_nodes == 158
+    names = g.edge_names()
+    assert "a0.h1->a1.h2<k>" in names and "input->m0" in names and "m11->logits" in names
+    assert "a0.h0->m0" in names  # sequential: MLP reads its own layer's heads
+    assert len(set(names)) == g.n_edges
+
+
+def test_parallel_residual_count_and_edges():
+    g = graph_for(GPTNeoXConfig(num_hidden_layers=6, num_attention_heads=8, hidden_size=64, use_parallel_residual=True))
+    assert g.parallel_attn_mlp
+    assert g.n_edges == expected_edge_count(6, 8, parallel_attn_mlp=True)
+    assert g.n_edges == expected_edge_count(6, 8) - 6 * 8  # no head -> same-layer MLP edges
+    with pytest.raises(ValueError, match="not edges"):
+        g.edge_index("a0.h0->m0")
+
+
+def test_topological_order_and_validity():
+    g = Graph.build(3, 2)
+    # every edge goes from an earlier sender to a later receiver: times strictly increase
+    assert bool((g.sender_time[g.edge_sender] < g.receiver_time[g.edge_receiver]).all())
+    assert g.senders[0] == "input" and g.nodes[-1] == "logits"
+    assert (g.sender_time[1:] >= g.sender_time[:-1]).all()
+
+
+def test_edge_index_roundtrip_and_errors():
+    g = Graph.build(2, 3)
+    names = g.edge_names()
+    idx = g.edge_index(names)
+    assert torch.equal(idx, torch.arange(g.n_edges))
+    with pytest.raises(ValueError, match="unknown sender"):
+        g.edge_index("a9.h0->logits")
+    with pytest.raises(ValueError, match="unknown receiver"):
+        g.edge_index("input->a0.h0<x>")
+    with pytest.raises(ValueError, match="shape"):
+        g.edge_mask(torch.ones(g.n_edges + 1))
+
+
+def test_dense_roundtrip():
+    g = Graph.build(2, 2)
+    v = torch.randn(g.n_edges)
+    assert torch.equal(g.from_dense(g.to_dense(v)), v)
+    assert g.to_dense(v)[~g.valid].abs().sum() == 0
+
+
+def test_json_roundtrip(tmp_path):
+    g = Graph.build(2, 2, model="tiny")
+    g.scores = torch.randn(g.n_edges)
+    g.in_circuit = torch.rand(g.n_edges) > 0.5
+    path = g.save_json(tmp_path / "sub" / "g.json")
+    g2 = Graph.load_json(path)
+    assert torch.equal(g.scores, g2.scores) and torch.equal(g.in_circuit, g2.in_circuit)
+    assert g2.meta == {"model": "tiny"}
+    assert json.dumps(g.to_dict()) == json.dumps(g2.to_dict())
+    d = g.to_dict()
+    d["format"] = "other"
+    with pytest.raises(ValueError, match="not a circuits graph"):
+        Graph.from_dict(d)
+
+
+def test_networkx_roundtrip():
+    g = Graph.build(2, 2)
+    g.scores = torch.randn(g.n_edges)
+    g.in_circuit = torch.rand(g.n_edges) > 0.3
+    nxg = g.to_networkx()
+    assert isinstance(nxg, nx.MultiDiGraph) and nxg.number_of_edges() == g.n_edges
+    g2 = Graph.from_networkx(nxg)
+    assert torch.equal(g.scores, g2.scores) and torch.equal(g.in_circuit, g2.in_circuit)
+    sub = g.to_networkx(circuit_only=True)
+    assert sub.number_of_edges() == g.n_circuit_edges
+
+
+def test_node_view():
+    g = Graph.build(2, 2)
+    m = g.node_mask_to_edge_mask(["input", "a0.h1"])
+    kept = set(g.edge_names(m.nonzero().flatten()))
+    assert all(n.startswith(("input->", "a0.h1->")) for n in kept)
+    assert len(kept) == int((g.edge_sender == 0).sum() + (g.edge_sender == 2).sum())
+    g.scores = torch.ones(g.n_edges)
+    assert g.node_scores()[0] == (g.edge_sender == 0).sum()
+
+
+def test_meta_device_config_only():
+    with torch.device("meta"):
+        cfg = AutoConfig.for_model("gpt2", n_layer=12, n_head=12)
+    assert graph_for(cfg).n_edges == 32491

@@ -1,0 +1,153 @@
+import pytest
+import torch
+from transformers import GPT2Config, T5Config
+
+from circuits import TracedModel, graph_for
+from circuits.models import adapter_class
+from circuits.runtime import default_position_ids
+from tiny_models import FAMILIES, VOCAB, random_batch, tiny_model
+
+TOL = 1e-4
+
+
+def hf_logits(model, ids, mask):
+    pos = default_position_ids(mask, *ids.shape, ids.device)
+    with torch.no_grad():
+        return model(ids, attention_mask=mask, position_ids=pos).logits
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    model = tiny_model(request.param)
+    return request.param, model, TracedModel(model)
+
+
+def test_traced_forward_reproduces_transformers(family):
+    _, model, tm = family
+    clean, _, mask = random_batch()
+    real = mask.bool()
+    with torch.no_grad():
+        out = tm.run(clean, mask).logits
+    assert (out - hf_logits(model, clean, mask))[real].abs().max() <= TOL
+    # no padding at all: every position compared
+    ids = clean[:1]
+    with torch.no_grad():
+        assert (tm.run(ids).logits - model(ids).logits).abs().max() <= TOL
+
+
+def test_all_edges_patched_reproduces_corrupted_run(family):
+    _, model, tm = family
+    clean, corr, mask = random_batch()
+    real = mask.bool()
+    with torch.no_grad():
+        c = tm.run(corr, mask, record=True)
+        patched = tm.run(clean, mask, corrupted=c.senders, patch=torch.ones(tm.graph.n_edges)).logits
+    assert (patched - hf_logits(model, corr, mask))[real].abs().max() <= TOL
+
+
+def test_no_edges_patched_is_clean_run(family):
+    _, _, tm = family
+    clean, corr, mask = random_batch()
+    with torch.no_grad():
+        c = tm.run(corr, mask, record=True)
+        a = tm.run(clean, mask).logits
+        b = tm.run(clean, mask, corrupted=c.senders, patch=torch.zeros(tm.graph.n_edges)).logits
+    assert torch.equal(a, b)
+
+
+def test_batch_of_masks_equals_one_by_one(family):
+    _, _, tm = family
+    clean, corr, mask = random_batch()
+    B = clean.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(3, tm.graph.n_edges, generator=gen)  # fractional: interpolation
+    with torch.no_grad():
+        c = tm.run(corr, mask, record=True)
+        batched = tm.run(clean, mask, corrupted=c.senders, patch=1 - masks).logits
+        for k in range(3):
+            single = tm.run(clean, mask, corrupted=c.senders, patch=1 - masks[k]).logits
+            assert (batched[k * B : (k + 1) * B] - single).abs().max() <= 1e-5
+
+
+def test_node_patch_matches_transformers_hooks():
+    """Patching every edge out of one head / one MLP equals swapping that node's output inside
+    the `transformers` module with forward hooks: an independent reference."""
+    model = tiny_model("llama")
+    tm = TracedModel(model)
+    clean, corr, mask = random_batch()
+    g = tm.graph
+    layer, head, dh = 1, 2, tm.adapter.head_dim
+    o_proj = model.model.layers[layer].self_attn.o_proj
+    mlp0 = model.model.layers[0].mlp
+    store = {}
+
+    def grab(mod, args):
+        store["ctx"] = args[0].detach().clone()
+
+    def grab_mlp(mod, args, out):
+        store["mlp"] = out.detach().clone()
+
+    h1, h2 = o_proj.register_forward_pre_hook(grab), mlp0.register_forward_hook(grab_mlp)
+    hf_logits(model, corr, mask)
+    h1.remove(), h2.remove()
+
+    def swap(mod, args):
+        x = args[0].clone()
+        x[..., head * dh : (head + 1) * dh] = store["ctx"][..., head * dh : (head + 1) * dh]
+        return (x,)
+
+    h1 = o_proj.register_forward_pre_hook(swap)
+    h2 = mlp0.register_forward_hook(lambda mod, args, out: store["mlp"])
+    ref = hf_logits(model, clean, mask)
+    h1.remove(), h2.remove()
+    keep = ~g.node_mask_to_edge_mask([f"a{layer}.h{head}", "m0"])
+    with torch.no_grad():
+        c = tm.run(corr, mask, record=True)
+        out = tm.run(clean, mask, corrupted=c.senders, patch=(~keep).float()).logits
+    assert (out - ref)[mask.bool()].abs().max() <= TOL
+
+
+def test_record_shapes(family):
+    _, _, tm = family
+    clean, _, mask = random_batch()
+    with torch.no_grad():
+        out = tm.run(clean, mask, record=True)
+    S = tm.graph.n_senders
+    assert out.senders.shape == (S, *clean.shape, tm.adapter.d_model)
+    assert out.logits.shape == (*clean.shape, VOCAB)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_runs(dtype):
+    model = tiny_model("gpt2", dtype=dtype)
+    tm = TracedModel(model)
+    clean, corr, mask = random_batch()
+    with torch.no_grad():
+        c = tm.run(corr, mask, record=True)
+        out = tm.run(clean, mask, corrupted=c.senders, patch=torch.ones(tm.graph.n_edges) * 0.5)
+    assert out.logits.dtype == dtype and torch.isfinite(out.logits).all()
+    ref = hf_logits(model, clean, mask)
+    with torch.no_grad():
+        assert (tm.run(clean, mask).logits.float() - ref.float())[mask.bool()].abs().max() < 0.1
+
+
+def test_bad_inputs():
+    model = tiny_model("gpt2")
+    tm = TracedModel(model)
+    clean, corr, mask = random_batch()
+    with torch.no_grad():
+        c = tm.run(corr, mask, record=True)
+        with pytest.raises(ValueError, match="same shape"):
+            tm.run(clean[:, :-1], mask[:, :-1], corrupted=c.senders, patch=torch.ones(tm.graph.n_edges))
+        with pytest.raises(ValueError, match="patch must be"):
+            tm.run(clean, mask, corrupted=c.senders, patch=torch.ones(tm.graph.n_edges + 3))
+        with pytest.raises(ValueError, match="corrupted run"):
+            tm.run(clean, mask, patch=torch.ones(tm.graph.n_edges))
+        with pytest.raises(ValueError, match="attention_mask"):
+            tm.run(clean, mask[:, :-1])
+    with pytest.raises(NotImplementedError, match="Supported: gpt2"):
+        adapter_class(T5Config())
+    with pytest.raises(NotImplementedError, match="reorder_and_upcast_attn"):
+        graph_for(GPT2Config(reorder_and_upcast_attn=True))
+    with pytest.raises(ValueError, match="does not match the model"):
+        TracedModel(model, graph=graph_for(GPT2Config(n_layer=5)))

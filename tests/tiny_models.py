@@ -1,0 +1,82 @@
+"""Tiny random-init models of every supported family, for tests."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPTNeoConfig,
+    GPTNeoXConfig,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+)
+
+VOCAB = 97
+
+
+def tiny_config(family: str):
+    """A 2-3 layer config of ``family`` small enough for fast tests."""
+    if family == "gpt2":
+        return GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=3, n_head=4)
+    if family == "gpt_neo":
+        return GPTNeoConfig(
+            vocab_size=VOCAB, max_position_embeddings=64, hidden_size=32, num_layers=2, num_heads=4,
+            attention_types=[[["global", "local"], 1]], window_size=5, intermediate_size=64,
+        )
+    if family == "gpt_neox":
+        return GPTNeoXConfig(
+            vocab_size=VOCAB, max_position_embeddings=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, rotary_pct=0.5, use_parallel_residual=True,
+        )
+    if family == "gpt_neox_seq":
+        return GPTNeoXConfig(
+            vocab_size=VOCAB, max_position_embeddings=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, rotary_pct=0.25, use_parallel_residual=False,
+        )
+    if family == "llama":
+        return LlamaConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64,
+        )
+    if family == "mistral":
+        return MistralConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=1, max_position_embeddings=64, sliding_window=6,
+        )
+    if family == "qwen2":
+        return Qwen2Config(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64,
+        )
+    raise KeyError(family)
+
+
+FAMILIES = ["gpt2", "gpt_neo", "gpt_neox", "gpt_neox_seq", "llama", "mistral", "qwen2"]
+
+
+def tiny_model(family: str, seed: int = 0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family), attn_implementation="eager").to(dtype)
+    # random-init biases are zero in several families; make them non-zero so tests see them
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.05)
+            elif "norm" in name or "ln" in name:
+                p.normal_(1.0, 0.1)
+    return model.eval()
+
+
+def random_batch(B: int = 3, P: int = 9, seed: int = 1, pad: bool = True):
+    """Clean and corrupted ids plus a left-padded attention mask."""
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, VOCAB, (B, P), generator=g)
+    corrupted = torch.randint(0, VOCAB, (B, P), generator=g)
+    mask = torch.ones(B, P, dtype=torch.long)
+    if pad and B > 1:
+        mask[1, :2] = 0
+        if B > 2:
+            mask[2, :4] = 0
+    return clean, corrupted, mask
