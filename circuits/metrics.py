@@ -1,0 +1,209 @@
+"""Per-example task metrics shared by discovery (attribution, ACDC) and evaluation (faithfulness).
+
+Contract: a metric is a plain callable ``metric(logits, batch, clean_logits=None) -> Tensor[B]``.
+
+* ``logits`` is ``[B, P, V]`` (any float dtype; computed in float32); only ``logits[b, batch.answer_pos[b]]``
+  is used.
+* ``batch`` is a :class:`circuits.tasks.base.Batch`: ``answers`` ``[B, A]`` and ``wrong`` ``[B, W]`` hold token
+  ids padded with -1 (padding is ignored).
+* ``clean_logits`` (only needed by :func:`kl_div`) is the clean run's ``[B, P, V]`` logits, or already the
+  ``[B, V]`` logits at the answer positions.
+* The result has shape ``[B]``, one differentiable value per example. Each built-in metric carries
+  ``higher_is_better``: True for ``logit_diff``, ``prob_diff``, ``answer_logprob``, ``accuracy``; False for
+  ``kl_div`` and ``nll``. A loss for gradient-based methods is ``-metric`` when higher is better.
+
+See docs/metrics.md for the formulas.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Protocol
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from circuits.tasks.base import Batch
+
+__all__ = [
+    "Metric",
+    "METRICS",
+    "logit_diff",
+    "prob_diff",
+    "kl_div",
+    "answer_logprob",
+    "nll",
+    "accuracy",
+    "get_metric",
+    "is_higher_better",
+    "check_metric_output",
+    "answer_position_logits",
+]
+
+
+class Metric(Protocol):
+    """Signature of a metric: per-example values ``[B]`` from ``[B, P, V]`` logits."""
+
+    higher_is_better: bool
+
+    def __call__(self, logits: torch.Tensor, batch: "Batch", clean_logits: torch.Tensor | None = None
+                 ) -> torch.Tensor: ...
+
+
+def _metric(higher_is_better: bool) -> Callable[[Callable], Callable]:
+    """Decorator recording the metric's sign convention on the function."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.higher_is_better = higher_is_better  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def answer_position_logits(logits: torch.Tensor, batch: "Batch") -> torch.Tensor:
+    """``[B, V]`` float32 logits at each example's ``answer_pos`` (a ``[B, V]`` input is returned as float32)."""
+    if logits.dim() == 2:
+        return logits.float()
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be [B, P, V] (or [B, V]), got shape {tuple(logits.shape)}")
+    b = logits.shape[0]
+    if b != batch.answer_pos.shape[0]:
+        raise ValueError(f"logits have batch size {b} but the batch has {batch.answer_pos.shape[0]} examples")
+    rows = torch.arange(b, device=logits.device)
+    return logits[rows, batch.answer_pos.to(logits.device)].float()
+
+
+def _gather(values: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``values[b, ids[b, k]]`` for a ``[B, K]`` id tensor padded with -1; returns (gathered, valid mask)."""
+    ids = ids.to(values.device)
+    valid = ids >= 0
+    return values.gather(1, ids.clamp(min=0)), valid
+
+
+def _masked_sum(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    return x.masked_fill(~valid, 0.0).sum(-1)
+
+
+def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    return _masked_sum(x, valid) / valid.sum(-1).clamp(min=1).to(x.dtype)
+
+
+def _masked_logsumexp(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    return x.masked_fill(~valid, float("-inf")).logsumexp(-1)
+
+
+def _masked_max(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    return x.masked_fill(~valid, float("-inf")).max(-1).values
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@_metric(higher_is_better=True)
+def logit_diff(logits: torch.Tensor, batch: "Batch", clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean logit over the answer set minus mean logit over the wrong set, per example."""
+    x = answer_position_logits(logits, batch)
+    ans, a_ok = _gather(x, batch.answers)
+    wrg, w_ok = _gather(x, batch.wrong)
+    return _masked_mean(ans, a_ok) - _masked_mean(wrg, w_ok)
+
+
+@_metric(higher_is_better=True)
+def prob_diff(logits: torch.Tensor, batch: "Batch", clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Total softmax probability of the answer set minus that of the wrong set (greater-than: years > YY
+    minus years <= YY)."""
+    probs = torch.softmax(answer_position_logits(logits, batch), dim=-1)
+    ans, a_ok = _gather(probs, batch.answers)
+    wrg, w_ok = _gather(probs, batch.wrong)
+    return _masked_sum(ans, a_ok) - _masked_sum(wrg, w_ok)
+
+
+@_metric(higher_is_better=False)
+def kl_div(logits: torch.Tensor, batch: "Batch", clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(clean || patched) of the next-token distributions at the answer position (nats)."""
+    if clean_logits is None:
+        raise ValueError("kl_div needs clean_logits (the clean run's logits) to compare against; got None")
+    patched = torch.log_softmax(answer_position_logits(logits, batch), dim=-1)
+    clean = torch.log_softmax(answer_position_logits(clean_logits.to(logits.device), batch), dim=-1)
+    return (clean.exp() * (clean - patched)).sum(-1)
+
+
+@_metric(higher_is_better=True)
+def answer_logprob(logits: torch.Tensor, batch: "Batch", clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """log of the total probability of the answer set: logsumexp of log_softmax over the answers."""
+    logp = torch.log_softmax(answer_position_logits(logits, batch), dim=-1)
+    ans, a_ok = _gather(logp, batch.answers)
+    return _masked_logsumexp(ans, a_ok)
+
+
+@_metric(higher_is_better=False)
+def nll(logits: torch.Tensor, batch: "Batch", clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Negative log-likelihood of the answer set: ``-answer_logprob``."""
+    return -answer_logprob(logits, batch, clean_logits)
+
+
+@_metric(higher_is_better=True)
+def accuracy(logits: torch.Tensor, batch: "Batch", clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """1.0 where the best answer logit beats the best wrong logit, else 0.0 (not differentiable)."""
+    x = answer_position_logits(logits, batch)
+    ans, a_ok = _gather(x, batch.answers)
+    wrg, w_ok = _gather(x, batch.wrong)
+    return (_masked_max(ans, a_ok) > _masked_max(wrg, w_ok)).float()
+
+
+METRICS: dict[str, Callable] = {
+    "logit_diff": logit_diff,
+    "prob_diff": prob_diff,
+    "kl_div": kl_div,
+    "answer_logprob": answer_logprob,
+    "nll": nll,
+    "accuracy": accuracy,
+}
+"""Built-in metrics by name."""
+
+
+def get_metric(name_or_callable: str | Callable) -> Callable:
+    """Return the metric callable for a registered name, or the callable itself.
+
+    Raises ``ValueError`` listing the valid names for an unknown name.
+    """
+    if callable(name_or_callable):
+        return name_or_callable
+    if isinstance(name_or_callable, str) and name_or_callable in METRICS:
+        return METRICS[name_or_callable]
+    raise ValueError(f"unknown metric {name_or_callable!r}; valid names: {', '.join(sorted(METRICS))} "
+                     "(or pass a callable metric(logits, batch, clean_logits=None) -> Tensor[B])")
+
+
+def is_higher_better(metric: str | Callable, default: bool = True) -> bool:
+    """The metric's ``higher_is_better`` flag (``default`` for a user callable without one)."""
+    return bool(getattr(get_metric(metric), "higher_is_better", default))
+
+
+def check_metric_output(value: object, batch_size: int) -> torch.Tensor:
+    """Validate a metric's return value: a floating tensor of shape ``[batch_size]`` with finite entries.
+
+    Returns the value unchanged; raises ``ValueError`` describing the problem otherwise.
+    """
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"metric must return a torch.Tensor of shape [{batch_size}] (one value per example), "
+                         f"got {type(value).__name__}")
+    if tuple(value.shape) != (batch_size,):
+        hint = (" It returned a scalar: return per-example values (do not average over the batch)."
+                if value.dim() == 0 else "")
+        raise ValueError(f"metric must return shape [{batch_size}] (one value per example in the batch), "
+                         f"got shape {list(value.shape)}.{hint}")
+    if not value.is_floating_point():
+        raise ValueError(f"metric must return a floating-point tensor, got dtype {value.dtype}")
+    bad = ~torch.isfinite(value.detach())
+    if bool(bad.any()):
+        where = bad.nonzero().flatten().tolist()
+        shown = ", ".join(map(str, where[:10])) + (" ..." if len(where) > 10 else "")
+        raise ValueError(f"metric returned NaN or inf for {len(where)} example(s) (indices {shown})")
+    return value
