@@ -16,7 +16,7 @@ dimension of every activation is ``K * B`` (mask-major).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -40,6 +40,7 @@ class RunOutput:
 
     logits: torch.Tensor
     senders: torch.Tensor | None = None
+    leaves: list[torch.Tensor] = field(default_factory=list)  # grad-requiring leaves (for autograd.grad)
 
 
 def causal_mask(attention_mask: torch.Tensor | None, B: int, P: int, device: torch.device) -> torch.Tensor:
@@ -132,7 +133,8 @@ class TracedModel(nn.Module):
             record: return all sender outputs (detached) as ``RunOutput.senders``.
             on_grad: called during backward with each receiver group's input gradient.
             sender_hook: ``(s0, s1, z) -> z`` applied to each sender group's output
-                ``z`` [s1-s0, B', P, d] before anything reads it.
+                ``z`` [s1-s0, B', P, d] before anything reads it. A hook may return a leaf that
+                requires grad; it is listed in ``RunOutput.leaves``.
             input_requires_grad: make the embedding output a leaf that requires grad, so a
                 backward pass reaches every receiver without touching parameter grads.
         """
@@ -161,9 +163,10 @@ class TracedModel(nn.Module):
             x0 = x0.repeat(K, 1, 1)
             mask = mask.repeat(K, 1, 1, 1)
             position_ids = position_ids.repeat(K, 1)
+        state = _State(self, W, corrupted, K, B, on_grad, sender_hook)
         if input_requires_grad:
             x0 = x0.detach().requires_grad_(True)
-        state = _State(self, W, corrupted, K, B, on_grad, sender_hook)
+            state.leaves.append(x0)
         x0 = state.emit(0, 1, x0[None])[0]
         resid = x0
         rot = a.rotary(x0, position_ids)
@@ -204,7 +207,7 @@ class TracedModel(nn.Module):
         R = g.n_receivers
         x_out = state.receiver_input(resid, R - 1, R, n_senders=g.n_senders)
         logits = a.unembed(resid if x_out is None else x_out[0])
-        return RunOutput(logits, state.recorded() if record else None)
+        return RunOutput(logits, state.recorded() if record else None, state.leaves)
 
     def _patch_weights(self, patch: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
         """Normalise ``patch`` to dense float ``[K, S, R]`` (None = no patching)."""
@@ -233,10 +236,13 @@ class _State:
         self.on_grad, self.sender_hook = on_grad, sender_hook
         self.groups: list[tuple[int, int, torch.Tensor]] = []  # (s0, s1, z [n, B', P, d])
         self.deltas: dict[int, torch.Tensor] = {}  # group index -> z - z_corr  [n, K, B, P, d]
+        self.leaves: list[torch.Tensor] = []
 
     def emit(self, s0: int, s1: int, z: torch.Tensor) -> torch.Tensor:
         if self.sender_hook is not None:
             z = self.sender_hook(s0, s1, z)
+        if z.is_leaf and z.requires_grad:
+            self.leaves.append(z)
         self.groups.append((s0, s1, z))
         return z
 
@@ -253,14 +259,15 @@ class _State:
         x = None
         if self.W is not None:
             Wl = self.W[:, :n_senders, r0:r1]  # [K, n, R_l]
-            if bool(Wl.any()):
+            # zero weights change nothing -- unless the caller differentiates w.r.t. them
+            if Wl.requires_grad or bool(Wl.any()):
                 K, B = self.K, self.B
                 corr = None
                 for gi, (s0, s1, _) in enumerate(self.groups):
                     if s0 >= n_senders:
                         break
                     Wg = Wl[:, s0:s1]
-                    if not bool(Wg.any()):
+                    if not Wg.requires_grad and not bool(Wg.any()):
                         continue
                     term = torch.einsum("ksr,skbpd->rkbpd", Wg, self._delta(gi))
                     corr = term if corr is None else corr + term

@@ -1,0 +1,133 @@
+"""Exact patching, ACDC and path patching on tiny models."""
+
+import pytest
+import torch
+
+from circuits import TracedModel
+from circuits.metrics import get_metric
+from circuits.patching import (
+    PatchRunner,
+    acdc,
+    exact_edge_effects,
+    iterative_prune,
+    path_patching,
+    path_patching_grid,
+)
+from test_attribution import make_batch
+from tiny_models import tiny_model
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tm = TracedModel(tiny_model("gpt2"))
+    return tm, [make_batch(seed=3)]
+
+
+def slow_effect(tm, batch, edge, metric="logit_diff"):
+    """Reference: one dedicated patched forward with only ``edge`` patched."""
+    m = get_metric(metric)
+    with torch.no_grad():
+        zc = tm.run(batch.corrupted, batch.attention_mask, record=True).senders
+        clean = tm.run(batch.clean, batch.attention_mask).logits
+        w = torch.zeros(tm.graph.n_edges)
+        w[edge] = 1.0
+        patched = tm.run(batch.clean, batch.attention_mask, corrupted=zc, patch=w).logits
+    return float(m(clean, batch).mean() - m(patched, batch).mean())
+
+
+def test_exact_effects_equal_slow_reference(setup):
+    tm, data = setup
+    eff = exact_edge_effects(tm, data, "logit_diff", max_rows=16)  # small chunks: many forwards
+    for e in torch.linspace(0, tm.graph.n_edges - 1, 12).long().tolist():
+        assert abs(eff[e].item() - slow_effect(tm, data[0], e)) < 1e-5
+
+
+def test_exact_effects_subset_and_names(setup):
+    tm, data = setup
+    names = ["input->a0.h0<q>", "a1.h2->logits", "m0->a2.h1<v>"]
+    eff = exact_edge_effects(tm, data, "logit_diff", edges=names)
+    idx = tm.graph.edge_index(names)
+    assert torch.isfinite(eff[idx]).all() and int(torch.isfinite(eff).sum()) == 3
+
+
+def sequential_acdc(tm, data, tau, metric="kl_div"):
+    """Reference ACDC: one evaluation per edge, no batching, no skipping."""
+    r = PatchRunner(tm, data, metric)
+    g = tm.graph
+    cur = torch.ones(g.n_edges)
+    cur_bad = float(r.badness(r.metric_values(cur[None]))[0])
+    lookup = g.edge_lookup()
+    for recv in reversed(range(g.n_receivers)):
+        cand = lookup[:, recv]
+        for e in cand[cand >= 0].flip(0).tolist():
+            trial = cur.clone()
+            trial[e] = 0
+            bad = float(r.badness(r.metric_values(trial[None]))[0])
+            if bad - cur_bad < tau + 1e-6:
+                cur, cur_bad = trial, bad
+    return cur > 0.5
+
+
+@pytest.mark.parametrize("tau", [0.0, 3e-4])
+def test_acdc_matches_sequential_reference(setup, tau):
+    tm, data = setup
+    res = acdc(tm, data, tau)
+    assert torch.equal(res.graph.in_circuit, sequential_acdc(tm, data, tau))
+    assert len(res.order) == tm.graph.n_edges and sorted(res.order) == list(range(tm.graph.n_edges))
+
+
+def test_acdc_thresholds(setup):
+    tm, data = setup
+    res = acdc(tm, data, 0.0)
+    kept = res.graph.in_circuit
+    tried = torch.tensor(res.order)
+    decided_keep = tried[torch.tensor(res.kept)]
+    # tau = 0: an edge is kept exactly when its removal raised the KL (beyond float noise)
+    assert torch.equal(torch.sort(decided_keep).values, kept.nonzero().flatten())
+    assert (res.scores[kept] > 1e-6).all()
+    assert kept.sum() > 0
+    assert acdc(tm, data, 1e9).graph.n_circuit_edges == 0
+    with pytest.raises(ValueError, match="τ"):
+        acdc(tm, data, -1.0)
+
+
+def test_path_patching_to_all_receivers_is_node_patching(setup):
+    tm, data = setup
+    batch = data[0]
+    g = tm.graph
+    sender = "a1.h2"
+    all_receivers = [r for r in g.receivers if g.valid[g.sender_index(sender), g.receiver_index(r)]]
+    pp = path_patching(tm, data, [sender], all_receivers, "logit_diff")
+    s = g.sender_index(sender)
+    with torch.no_grad():
+        zc = tm.run(batch.corrupted, batch.attention_mask, record=True).senders
+
+        def hook(s0, s1, z):  # ordinary activation patching of the head's output
+            if s0 <= s < s1:
+                z = z.clone()
+                z[s - s0] = zc[s]
+            return z
+
+        clean = tm.run(batch.clean, batch.attention_mask).logits
+        patched = tm.run(batch.clean, batch.attention_mask, sender_hook=hook).logits
+    m = get_metric("logit_diff")
+    assert abs(pp - float(m(patched, batch).mean() - m(clean, batch).mean())) < 1e-5
+
+
+def test_path_patching_grid_and_errors(setup):
+    tm, data = setup
+    grid = path_patching_grid(tm, data, ["a2.h1<q>"], "logit_diff")
+    assert grid.shape == (3, 4)
+    assert torch.isfinite(grid[:2]).all() and torch.isnan(grid[2]).all()  # layer 2 is not upstream of itself
+    one = path_patching(tm, data, ["a0.h3"], ["a2.h1<q>"], "logit_diff")
+    assert abs(grid[0, 3].item() - one) < 1e-5
+    with pytest.raises(ValueError, match="not downstream"):
+        path_patching(tm, data, ["a2.h0"], ["a1.h0<q>"], "logit_diff")
+    with pytest.raises(ValueError, match="empty sender"):
+        path_patching(tm, data, [], ["logits"], "logit_diff")
+
+
+def test_iterative_prune(setup):
+    tm, data = setup
+    g = iterative_prune(tm, data, 20, "logit_diff")
+    assert g.n_circuit_edges == 20
