@@ -27,7 +27,9 @@ matmul inside the backward hook; no loop over edges.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -69,10 +71,10 @@ class _ScoreAccumulator:
         self.delta: torch.Tensor | None = None  # [S, B, P, d]: corrupted - clean (or live), padding zeroed
         self.weight = 1.0
 
-    def __call__(self, r0: int, r1: int, n: int, grad: torch.Tensor) -> None:
+    def __call__(self, receivers: torch.Tensor, n: int, grad: torch.Tensor) -> None:
         d = self.delta[:n].float().flatten(1)  # [n, B*P*d]
         g = grad.detach().float().flatten(1)  # [R_g, B*P*d]
-        self.table[:n, r0:r1].add_(d @ g.t(), alpha=self.weight)
+        self.table[:n, receivers] += self.weight * (d @ g.t())
 
 
 def _masked_delta(a: torch.Tensor, b: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -101,6 +103,7 @@ def attribute(
     batch_size: int = 16,
     absolute: bool = False,
     progress: bool = False,
+    full_logits: bool = False,
 ) -> Graph:
     """Score every edge; the scores land in ``graph.scores`` and the graph is returned.
 
@@ -113,6 +116,10 @@ def attribute(
         steps: interpolation steps for the IG methods.
         absolute: store ``|score|``.
         progress: show a tqdm progress bar.
+        full_logits: give the metric logits at every position (``[B, P, V]``). By default
+            logits are computed only at the answer positions (``[B, 1, V]`` with
+            ``answer_pos = 0``), which skips most of the unembedding work; set this for a
+            custom metric that reads other positions.
     """
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; valid: {', '.join(METHODS)}")
@@ -145,7 +152,7 @@ def attribute(
                 f"clean {tuple(batch.clean.shape)} and corrupted {tuple(batch.corrupted.shape)} batches differ in shape; "
                 "clean and corrupted prompts must tokenize to the same length"
             )
-        runner(tm, batch, metric_fn, higher, acc, steps)
+        runner(_Job(tm, batch, metric_fn, higher, acc, steps, full_logits))
         n_total += len(batch)
     scores = g.from_dense(acc.table).cpu() / n_total
     bad = ~torch.isfinite(scores)
@@ -170,16 +177,54 @@ def attribute(
 
 
 # ---------------------------------------------------------------------- method bodies
-def _clean_corrupt_runs(tm: TracedModel, batch: Batch):
-    with torch.no_grad():
-        clean = tm.run(batch.clean, batch.attention_mask, record=True)
-        corr = tm.run(batch.corrupted, batch.attention_mask, record=True)
-    return clean, corr
+@dataclass
+class _Job:
+    """One batch's attribution work: the model, the batch, the metric and where scores go.
+
+    Unless ``full_logits``, logits are computed only at the answer positions
+    (``logit_positions``) and the metric sees ``metric_batch``, whose answer_pos is 0.
+    """
+
+    tm: TracedModel
+    batch: Batch
+    metric: Callable
+    higher: bool
+    acc: _ScoreAccumulator
+    steps: int
+    full_logits: bool = False
+
+    @property
+    def positions(self) -> torch.Tensor | None:
+        return None if self.full_logits else self.batch.answer_pos
+
+    @property
+    def metric_batch(self) -> Batch:
+        return self.batch if self.full_logits else at_answer_position(self.batch)
+
+    def run(self, ids: torch.Tensor, **kw):
+        return self.tm.run(ids, self.batch.attention_mask, logit_positions=self.positions, **kw)
+
+    def clean_and_corrupted(self):
+        with torch.no_grad():
+            return self.run(self.batch.clean, record=True), self.run(self.batch.corrupted, record=True)
+
+    def set_delta(self, corrupted: torch.Tensor, reference: torch.Tensor, weight: float) -> None:
+        self.acc.delta = _masked_delta(corrupted, reference, self.batch.attention_mask)
+        self.acc.weight = weight
+
+    def backward(self, out, clean_logits: torch.Tensor) -> None:
+        loss = _loss(self.metric, self.higher, out.logits, self.metric_batch, clean_logits)
+        # gradients only along the activation path: no parameter .grad is touched
+        torch.autograd.grad(loss, out.leaves, allow_unused=True)
+
+    def grad_pass(self, ids: torch.Tensor, clean_logits: torch.Tensor, sender_hook=None) -> None:
+        """One forward with receiver probes on ``ids`` and one backward of the metric's loss."""
+        self.backward(self.run(ids, on_grad=self.acc, sender_hook=sender_hook, input_requires_grad=True), clean_logits)
 
 
-def _backward(loss: torch.Tensor, out) -> None:
-    # gradients only along the activation path: no parameter .grad is touched
-    torch.autograd.grad(loss, out.leaves, allow_unused=True)
+def at_answer_position(batch: Batch) -> Batch:
+    """The batch as seen by a metric on logits cut to the answer positions (``[B, 1, V]``)."""
+    return dataclasses.replace(batch, answer_pos=torch.zeros_like(batch.answer_pos))
 
 
 def _leaf(value: torch.Tensor, s_group: int):
@@ -191,68 +236,53 @@ def _leaf(value: torch.Tensor, s_group: int):
     return hook
 
 
-def _run_eap(tm, batch, metric, higher, acc, steps) -> None:
-    clean, corr = _clean_corrupt_runs(tm, batch)
-    acc.delta = _masked_delta(corr.senders, clean.senders, batch.attention_mask)
-    acc.weight = 1.0
-    _grad_pass(tm, batch.clean, batch, metric, higher, clean.logits, acc)
+def _run_eap(job: _Job) -> None:
+    clean, corr = job.clean_and_corrupted()
+    job.set_delta(corr.senders, clean.senders, 1.0)
+    job.grad_pass(job.batch.clean, clean.logits)
 
 
-def _grad_pass(tm, ids, batch, metric, higher, clean_logits, acc, sender_hook=None) -> None:
-    """One forward with receiver probes on ``ids`` and one backward of the metric's loss."""
-    out = tm.run(ids, batch.attention_mask, on_grad=acc, sender_hook=sender_hook, input_requires_grad=True)
-    _backward(_loss(metric, higher, out.logits, batch, clean_logits), out)
-
-
-def _run_eap_ig_inputs(tm, batch, metric, higher, acc, steps) -> None:
-    clean, corr = _clean_corrupt_runs(tm, batch)
-    acc.delta = _masked_delta(corr.senders, clean.senders, batch.attention_mask)
-    acc.weight = 1.0 / steps
+def _run_eap_ig_inputs(job: _Job) -> None:
+    clean, corr = job.clean_and_corrupted()
+    job.set_delta(corr.senders, clean.senders, 1.0 / job.steps)
     e_clean, e_corr = clean.senders[0:1], corr.senders[0:1]
-    for k in range(steps):
-        alpha = k / steps
-        hook = _leaf(e_corr + alpha * (e_clean - e_corr), 0)
-        _grad_pass(tm, batch.clean, batch, metric, higher, clean.logits, acc, sender_hook=hook)
+    for k in range(job.steps):
+        alpha = k / job.steps
+        job.grad_pass(job.batch.clean, clean.logits, sender_hook=_leaf(e_corr + alpha * (e_clean - e_corr), 0))
 
 
-def _run_clean_corrupted(tm, batch, metric, higher, acc, steps) -> None:
-    clean, corr = _clean_corrupt_runs(tm, batch)
-    acc.delta = _masked_delta(corr.senders, clean.senders, batch.attention_mask)
-    acc.weight = 0.5
-    _grad_pass(tm, batch.clean, batch, metric, higher, clean.logits, acc)
-    _grad_pass(tm, batch.corrupted, batch, metric, higher, clean.logits, acc)
+def _run_clean_corrupted(job: _Job) -> None:
+    clean, corr = job.clean_and_corrupted()
+    job.set_delta(corr.senders, clean.senders, 0.5)
+    job.grad_pass(job.batch.clean, clean.logits)
+    job.grad_pass(job.batch.corrupted, clean.logits)
 
 
-def _run_eap_ig_activations(tm, batch, metric, higher, acc, steps) -> None:
-    clean, corr = _clean_corrupt_runs(tm, batch)
-    acc.delta = _masked_delta(corr.senders, clean.senders, batch.attention_mask)
-    L = tm.graph.n_layers
-    acc.weight = 1.0 / ((2 * L + 1) * steps)
+def _run_eap_ig_activations(job: _Job) -> None:
+    clean, corr = job.clean_and_corrupted()
+    L = job.tm.graph.n_layers
+    job.set_delta(corr.senders, clean.senders, 1.0 / ((2 * L + 1) * job.steps))
     groups = [(0, 1)]
     for layer in range(L):
-        h0, h1 = tm.heads_senders(layer)
+        h0, h1 = job.tm.heads_senders(layer)
         groups += [(h0, h1), (h1, h1 + 1)]
     for s0, s1 in groups:
-        for k in range(1, steps + 1):
-            alpha = k / steps
+        for k in range(1, job.steps + 1):
+            alpha = k / job.steps
             value = alpha * clean.senders[s0:s1] + (1 - alpha) * corr.senders[s0:s1]
-            _grad_pass(tm, batch.clean, batch, metric, higher, clean.logits, acc, sender_hook=_leaf(value, s0))
+            job.grad_pass(job.batch.clean, clean.logits, sender_hook=_leaf(value, s0))
 
 
-def _run_eap_ig_edges(tm, batch, metric, higher, acc, steps) -> None:
-    clean, corr = _clean_corrupt_runs(tm, batch)
-    acc.weight = 1.0 / steps
-    mask_pad = batch.attention_mask
-    for k in range(steps):
-        alpha = (k + 0.5) / steps
-        patch = torch.full((tm.graph.n_edges,), 1.0 - alpha, device=tm.device)
-        out = tm.run(
-            batch.clean, batch.attention_mask, corrupted=corr.senders, patch=patch,
-            record=True, on_grad=acc, input_requires_grad=True,
-        )
-        # Δ of this run: live sender outputs minus corrupted (sign: corr - live, as in EAP)
-        acc.delta = _masked_delta(corr.senders, out.senders, mask_pad)
-        _backward(_loss(metric, higher, out.logits, batch, clean.logits), out)
+def _run_eap_ig_edges(job: _Job) -> None:
+    clean, corr = job.clean_and_corrupted()
+    for k in range(job.steps):
+        alpha = (k + 0.5) / job.steps
+        patch = torch.full((job.tm.graph.n_edges,), 1.0 - alpha, device=job.tm.device)
+        out = job.run(job.batch.clean, corrupted=corr.senders, patch=patch, record=True, on_grad=job.acc,
+                      input_requires_grad=True)
+        # Δ of this run: corrupted minus the live sender outputs (EAP's sign)
+        job.set_delta(corr.senders, out.senders, 1.0 / job.steps)
+        job.backward(out, clean.logits)
 
 
 _RUNNERS: dict[str, Callable] = {
@@ -275,10 +305,11 @@ def metric_of_runs(
     with torch.no_grad():
         for batch in _batches(data, batch_size):
             batch = batch.to(tm.device)
-            lc = tm.run(batch.clean, batch.attention_mask).logits
-            lx = tm.run(batch.corrupted, batch.attention_mask).logits
-            tot_c += float(metric_fn(lc, batch, lc).sum())
-            tot_x += float(metric_fn(lx, batch, lc).sum())
+            lc = tm.run(batch.clean, batch.attention_mask, logit_positions=batch.answer_pos).logits
+            lx = tm.run(batch.corrupted, batch.attention_mask, logit_positions=batch.answer_pos).logits
+            mb = at_answer_position(batch)
+            tot_c += float(metric_fn(lc, mb, lc).sum())
+            tot_x += float(metric_fn(lx, mb, lc).sum())
             n += len(batch)
     return tot_c / n, tot_x / n
 

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .attribution import _batches, as_traced
+from .attribution import _batches, as_traced, at_answer_position
 from .graph import Graph
 from .metrics import get_metric, is_higher_better
 from .runtime import TracedModel
@@ -32,7 +32,7 @@ ABLATIONS = ("patching", "mean", "zero")
 class _Prepared:
     batch: Batch
     reference: torch.Tensor  # [S, B or 1, P or 1, d] values removed edges read
-    clean_logits: torch.Tensor  # [B, P, V]
+    clean_logits: torch.Tensor  # [B, 1, V]: at the answer positions
 
 
 class PatchRunner:
@@ -79,8 +79,8 @@ class PatchRunner:
                         f"clean {tuple(b.clean.shape)} and corrupted {tuple(b.corrupted.shape)} differ in shape; "
                         "clean and corrupted prompts must tokenize to the same length"
                     )
-                clean = self.tm.run(b.clean, b.attention_mask, record=ablation == "mean")
-                corr = self.tm.run(b.corrupted, b.attention_mask, record=ablation == "patching") if ablation == "patching" else None
+                clean = self.tm.run(b.clean, b.attention_mask, record=ablation == "mean", logit_positions=b.answer_pos)
+                corr = self.tm.run(b.corrupted, b.attention_mask, record=True, logit_positions=b.answer_pos) if ablation == "patching" else None
                 runs.append((b, clean, corr))
             mean = None
             if ablation == "mean":
@@ -122,10 +122,12 @@ class PatchRunner:
         with torch.no_grad():
             for p, k0, k1 in it:
                 b = p.batch
-                out = self.tm.run(b.clean, b.attention_mask, corrupted=p.reference, patch=1.0 - masks[k0:k1].to(self.tm.device))
+                patch = 1.0 - masks[k0:k1].to(self.tm.device)
+                out = self.tm.run(b.clean, b.attention_mask, corrupted=p.reference, patch=patch, logit_positions=b.answer_pos)
                 n = k1 - k0
                 clean_logits = p.clean_logits.repeat(n, 1, 1)
-                vals = self.metric(out.logits, _repeat_batch(b, n), clean_logits).float().view(n, len(b))
+                batch = at_answer_position(_repeat_batch(b, n))
+                vals = self.metric(out.logits, batch, clean_logits).float().view(n, len(b))
                 total[k0:k1] += vals.sum(1).double().cpu()
         return (total / self.n_examples).float()
 

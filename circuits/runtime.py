@@ -6,8 +6,12 @@ One mechanism serves every method:
 * **patch** edges: with per-edge weights ``w = 1 - mask`` (``[S, R]`` or a batch ``[K, S, R]``),
   receiver ``v`` reads ``resid_v - Σ_s w_sv (z_s - z_s^corr)`` -- the residual-sum identity,
   one einsum per sender group and receiver group, never a loop over edges;
-* **probe** receivers: ``on_grad(r0, r1, n_senders, grad)`` is called during backward with
-  ``grad = ∂loss/∂in_v`` for the receivers ``r0:r1`` (``[r1-r0, B', P, d]``);
+* **probe** receivers: ``on_grad(receivers, n_senders, grad)`` is called during backward with
+  ``grad = ∂loss/∂in_v`` (``[len(receivers), B', P, d]``) for a group of receivers (a long
+  tensor of receiver indices) that all read senders ``0..n_senders-1``. Where a layer is not
+  patched, its q/k/v receivers share one normalised residual, and their per-head input
+  gradients are recovered from the q/k/v gradients (one per-head matmul) and the norm's
+  vector-Jacobian product, instead of running the norm and projections once per receiver;
 * **hook** sender outputs (``sender_hook(s0, s1, z) -> z``) to interpolate or replace them.
 
 Shapes: B examples, P positions, d model width, H heads, K masks; with K masks the batch
@@ -26,7 +30,7 @@ from .graph import Graph
 from .models import Adapter, get_adapter, graph_for
 from .models.base import apply_rotary
 
-GradCallback = Callable[[int, int, int, torch.Tensor], None]
+GradCallback = Callable[[torch.Tensor, int, torch.Tensor], None]
 SenderHook = Callable[[int, int, torch.Tensor], torch.Tensor]
 
 
@@ -118,6 +122,7 @@ class TracedModel(nn.Module):
         on_grad: GradCallback | None = None,
         sender_hook: SenderHook | None = None,
         input_requires_grad: bool = False,
+        logit_positions: torch.Tensor | None = None,
     ) -> RunOutput:
         """Run the model; optionally record senders, patch edges, probe receivers.
 
@@ -137,6 +142,9 @@ class TracedModel(nn.Module):
                 requires grad; it is listed in ``RunOutput.leaves``.
             input_requires_grad: make the embedding output a leaf that requires grad, so a
                 backward pass reaches every receiver without touching parameter grads.
+            logit_positions: ``[B]`` positions; when given, logits are computed only there
+                and returned as ``[B', 1, V]`` (metrics then read position 0). Skips most of
+                the unembedding cost for large vocabularies.
         """
         g, a = self.graph, self.adapter
         if input_ids.dim() != 2:
@@ -174,15 +182,17 @@ class TracedModel(nn.Module):
         for layer in range(g.n_layers):
             s_heads0, s_heads1 = self.heads_senders(layer)
             r0, r1 = self.attn_receivers(layer)
-            x_attn = state.receiver_input(resid, r0, r1, n_senders=s_heads0)  # [3H, B', P, d] or None
+            x_attn = state.receiver_input(resid, r0, r1, n_senders=s_heads0, shared_probe=True)
             norm = a.attn_norm(layer)
-            if x_attn is None:
+            if x_attn is None:  # every q/k/v input is the shared residual
                 h = norm(resid)
                 q, k, v = a.project_qkv(layer, h, h, h)
                 if k.shape[1] != H:  # GQA on the shared path: repeat kv heads to query heads
                     rep = H // k.shape[1]
                     k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            else:
+                if state.on_grad is not None and resid.requires_grad:
+                    state.probe_shared_qkv(layer, norm, resid, (q, k, v), r0, s_heads0)
+            else:  # [3H, B', P, d]: each receiver reads its own (patched or probed) input
                 h = norm(x_attn).view(H, 3, *x_attn.shape[1:])
                 q, k, v = a.project_qkv(layer, h[:, 0], h[:, 1], h[:, 2])
             if rot is not None:
@@ -206,7 +216,11 @@ class TracedModel(nn.Module):
             resid = resid + m
         R = g.n_receivers
         x_out = state.receiver_input(resid, R - 1, R, n_senders=g.n_senders)
-        logits = a.unembed(resid if x_out is None else x_out[0])
+        final = resid if x_out is None else x_out[0]
+        if logit_positions is not None:
+            pos = logit_positions.to(dev).long().repeat(K)
+            final = final[torch.arange(final.shape[0], device=dev), pos][:, None]  # [B', 1, d]
+        logits = a.unembed(final)
         return RunOutput(logits, state.recorded() if record else None, state.leaves)
 
     def _patch_weights(self, patch: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -254,8 +268,14 @@ class _State:
             self.deltas[gi] = z.reshape(n, self.K, self.B, P, d) - zc.unsqueeze(1)
         return self.deltas[gi]
 
-    def receiver_input(self, resid: torch.Tensor, r0: int, r1: int, n_senders: int) -> torch.Tensor | None:
-        """Inputs of receivers ``r0:r1`` ([r1-r0, B', P, d]), or None when they share ``resid``."""
+    def receiver_input(
+        self, resid: torch.Tensor, r0: int, r1: int, n_senders: int, shared_probe: bool = False
+    ) -> torch.Tensor | None:
+        """Inputs of receivers ``r0:r1`` ([r1-r0, B', P, d]), or None when they share ``resid``.
+
+        With ``shared_probe`` the caller probes unpatched receivers itself (q/k/v hooks), so
+        None is returned for them even when gradients are requested.
+        """
         x = None
         if self.W is not None:
             Wl = self.W[:, :n_senders, r0:r1]  # [K, n, R_l]
@@ -274,12 +294,48 @@ class _State:
                 Bp, P, d = resid.shape
                 x = resid.view(1, K, B, P, d) - corr
                 x = x.reshape(r1 - r0, Bp, P, d)
-        if self.on_grad is not None and resid.requires_grad:
-            if x is None:
+        if self.on_grad is not None and resid.requires_grad and not (x is None and shared_probe):
+            if x is None:  # a view of its own, so its gradient is this receiver's share only
                 x = resid[None].expand(r1 - r0, *resid.shape)
-            cb, n = self.on_grad, n_senders
-            x.register_hook(lambda grad, r0=r0, r1=r1: cb(r0, r1, n, grad))
+            cb, n, idx = self.on_grad, n_senders, torch.arange(r0, r1, device=resid.device)
+            x.register_hook(lambda grad: cb(idx, n, grad))
         return x
+
+    def probe_shared_qkv(self, layer: int, norm, resid: torch.Tensor, qkv, r0: int, n_senders: int) -> None:
+        """Report each head's q/k/v input gradient on the shared path.
+
+        ``grad_in = VJP_norm(resid)(grad_qkv_h @ W_h^T)``: the per-head projection's backward
+        followed by the norm's vector-Jacobian product, vmapped over heads.
+        """
+        from torch.func import vjp, vmap
+
+        _, norm_vjp = vjp(norm, resid.detach())
+        batched_vjp = vmap(norm_vjp)
+        w = self.tm.adapter.attn_weights(layer)
+        H = qkv[0].shape[1]
+        dev = resid.device
+        for c, (t, W) in enumerate(zip(qkv, (w.W_Q, w.W_K, w.W_V))):
+            idx = r0 + 3 * torch.arange(H, device=dev) + c
+
+            def hook(grad: torch.Tensor, W=W, idx=idx) -> None:
+                g_in = _head_input_grad(grad, W.detach())  # [H, B', P, d], post-norm
+                self.on_grad(idx, n_senders, batched_vjp(g_in)[0])
+
+            t.register_hook(hook)
 
     def recorded(self) -> torch.Tensor:
         return torch.cat([z.detach() for _, _, z in self.groups], dim=0)
+
+
+def _head_input_grad(grad: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """Per query head, the gradient w.r.t. its projection's input: ``[B, H, P, dh]`` x ``W [Hw, d, dh]`` -> ``[H, B, P, d]``.
+
+    With GQA (``Hw < H``), query head ``h = g * rep + r`` used kv head ``g``.
+    """
+    B, H, P, dh = grad.shape
+    Hw = W.shape[0]
+    if Hw == H:
+        return torch.einsum("bhpe,hde->hbpd", grad, W)
+    rep = H // Hw
+    out = torch.einsum("bgrpe,gde->grbpd", grad.view(B, Hw, rep, P, dh), W)
+    return out.reshape(H, B, P, W.shape[1])

@@ -121,3 +121,12 @@ def test_bad_inputs():
 
     with pytest.raises(ValueError, match="NaN|nan"):
         attribute(tm, [batch], nan_metric)
+
+
+def test_answer_position_logits_equal_full_logits():
+    tm = TracedModel(tiny_model("qwen2"))
+    batch = make_batch()
+    for method in ("eap", "eap-ig-edges"):
+        a = attribute(tm, [batch], "kl_div", method, steps=2).scores
+        b = attribute(tm, [batch], "kl_div", method, steps=2, full_logits=True).scores
+        assert torch.allclose(a, b, atol=1e-6)

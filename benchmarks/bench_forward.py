@@ -1,0 +1,61 @@
+"""Traced and patched forward vs the bare transformers forward (issue 3 targets).
+
+Prints, from one run on the same batch: bare forward time, traced forward (all edges)
+ratio (target <= 1.3x), patched forward with a random edge mask ratio (target <= 2x),
+and peak-memory growth of the patched forward (must stay at the per-node activations:
+senders x batch x positions x d_model, never edges x ...).
+
+    python benchmarks/bench_forward.py            # GPT-2-small shape, batch 8 x 32
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import best_time, bare_forward, gpt2_small, parser, peak_rss_mb, random_batch  # noqa: E402
+
+from circuits import TracedModel  # noqa: E402
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    torch.set_num_threads(args.threads)
+    model = gpt2_small(args.quick)
+    tm = TracedModel(model)
+    b = random_batch(model.config.vocab_size, args.batch, args.tokens)
+    g = tm.graph
+    with torch.no_grad():
+        corr = tm.run(b.corrupted, b.attention_mask, record=True).senders
+    mask = (torch.rand(g.n_edges, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+
+    def traced():
+        with torch.no_grad():
+            return tm.run(b.clean, b.attention_mask).logits
+
+    def patched():
+        with torch.no_grad():
+            return tm.run(b.clean, b.attention_mask, corrupted=corr, patch=1 - mask).logits
+
+    t_bare = best_time(bare_forward(model, b), args.repeats)
+    rss0 = peak_rss_mb()
+    t_traced = best_time(traced, args.repeats)
+    t_patched = best_time(patched, args.repeats)
+    rss1 = peak_rss_mb()
+    S, d = g.n_senders, model.config.hidden_size
+    node_mb = S * args.batch * args.tokens * d * 4 / 2**20
+    edge_mb = g.n_edges * args.batch * args.tokens * d * 4 / 2**20
+    print(f"model: {model.config.n_layer} layers x {model.config.n_head} heads, d={d}; edges={g.n_edges}; "
+          f"batch {args.batch} x {args.tokens}; threads={torch.get_num_threads()}")
+    print(f"bare forward           {t_bare * 1e3:8.1f} ms")
+    print(f"traced forward         {t_traced * 1e3:8.1f} ms   ratio {t_traced / t_bare:5.2f}x  (target <= 1.3x)")
+    print(f"patched forward        {t_patched * 1e3:8.1f} ms   ratio {t_patched / t_bare:5.2f}x  (target <= 2.0x)")
+    print(f"peak RSS growth during traced+patched: {rss1 - rss0:7.1f} MB; one per-node buffer "
+          f"[S,B,P,d] = {node_mb:.1f} MB; a per-edge buffer would be {edge_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
