@@ -22,7 +22,7 @@ from torch import nn
 from .attribution import _batches, as_traced, at_answer_position
 from .graph import Graph
 from .metrics import get_metric, is_higher_better
-from .runtime import TracedModel
+from .runtime import Prefix, RunOutput, TracedModel
 from .tasks.base import Batch, Task
 
 ABLATIONS = ("patching", "mean", "zero")
@@ -101,35 +101,69 @@ class PatchRunner:
                 self.prepared.append(_Prepared(b, ref, clean.logits))
         self.n_examples = sum(len(p.batch) for p in self.prepared)
 
-    def metric_values(self, masks: torch.Tensor, progress: bool = False) -> torch.Tensor:
-        """Mean metric over the data for each mask: masks ``[K, E]`` (1 = keep) -> ``[K]``."""
+    def metric_values(
+        self,
+        masks: torch.Tensor,
+        progress: bool = False,
+        start_layer: int = 0,
+        prefixes: list[RunOutput] | None = None,
+    ) -> torch.Tensor:
+        """Mean metric over the data for each mask: masks ``[K, E]`` (1 = keep) -> ``[K]``.
+
+        With ``start_layer`` > 0, every mask must equal the mask of ``prefixes`` (from
+        :meth:`base_runs`) on edges into layers before ``start_layer``; those layers are then
+        not recomputed.
+        """
         g = self.graph
         masks = g.edge_mask(masks)
         if masks.dim() == 1:
             masks = masks[None]
+        if start_layer and prefixes is None:
+            raise ValueError("start_layer > 0 needs the base runs to resume from (prefixes=runner.base_runs(mask))")
         K = masks.shape[0]
         total = torch.zeros(K, dtype=torch.float64)
         chunks = []
-        for p in self.prepared:
+        for i, p in enumerate(self.prepared):
             per = max(1, self.max_rows // len(p.batch))
             for k0 in range(0, K, per):
-                chunks.append((p, k0, min(K, k0 + per)))
+                chunks.append((i, p, k0, min(K, k0 + per)))
         it: Iterable = chunks
         if progress:
             from tqdm.auto import tqdm
 
             it = tqdm(chunks, desc="patching", unit="chunk")
         with torch.no_grad():
-            for p, k0, k1 in it:
+            for i, p, k0, k1 in it:
                 b = p.batch
+                resume = None
+                if start_layer:
+                    base = prefixes[i]
+                    resume = Prefix(start_layer, base.resid[start_layer], base.senders)
                 patch = 1.0 - masks[k0:k1].to(self.tm.device)
-                out = self.tm.run(b.clean, b.attention_mask, corrupted=p.reference, patch=patch, logit_positions=b.answer_pos)
+                out = self.tm.run(b.clean, b.attention_mask, corrupted=p.reference, patch=patch,
+                                  logit_positions=b.answer_pos, resume=resume)
                 n = k1 - k0
                 clean_logits = p.clean_logits.repeat(n, 1, 1)
                 batch = at_answer_position(_repeat_batch(b, n))
                 vals = self.metric(out.logits, batch, clean_logits).float().view(n, len(b))
                 total[k0:k1] += vals.sum(1).double().cpu()
         return (total / self.n_examples).float()
+
+    def base_runs(self, mask: torch.Tensor) -> list[RunOutput]:
+        """One recorded run per prepared batch under ``mask`` ([E]), to resume masked runs from."""
+        patch = 1.0 - self.graph.edge_mask(mask).to(self.tm.device)
+        with torch.no_grad():
+            return [
+                self.tm.run(p.batch.clean, p.batch.attention_mask, corrupted=p.reference, patch=patch, record=True,
+                            record_resid=True, logit_positions=p.batch.answer_pos)
+                for p in self.prepared
+            ]
+
+    def receiver_layers(self) -> torch.Tensor:
+        """``[R]`` the layer at which each receiver reads (``n_layers`` for the logits)."""
+        g = self.graph
+        r = torch.arange(g.n_receivers)
+        return torch.where(r == g.n_receivers - 1, torch.tensor(g.n_layers), r // (3 * g.n_heads + 1))
 
     def badness(self, values: torch.Tensor) -> torch.Tensor:
         """Map metric values to 'lower is better' (for effects: effect = badness(patched) - badness(ref))."""
@@ -185,7 +219,8 @@ def exact_edge_effects(
 
     ``effect_e = badness(base minus e) - badness(base)``: for logit difference that is
     ``m(base) - m(base without e)``, the quantity EAP approximates. ``base_mask`` defaults to
-    the full graph. Masks are evaluated ``max_rows // batch`` at a time.
+    the full graph. Masks are evaluated ``max_rows // batch`` at a time, and each edge's run
+    resumes at its receiver's layer from a recorded base run (earlier layers are unchanged).
     """
     r = runner or PatchRunner(model, data, metric, ablation, batch_size, max_rows)
     g = r.graph
@@ -198,12 +233,17 @@ def exact_edge_effects(
         idx = edges.long().flatten()
     else:
         idx = g.edge_index(list(edges))
-    masks = base.repeat(len(idx), 1)
-    masks[torch.arange(len(idx)), idx] = 0.0
-    vals = r.metric_values(torch.cat([base[None], masks]), progress=progress)
-    bad = r.badness(vals)
+    base_bad = float(r.badness(r.metric_values(base[None]))[0])
+    prefixes = r.base_runs(base)
+    layer_of_edge = r.receiver_layers()[g.edge_receiver[idx]]
     out = torch.full((g.n_edges,), float("nan"))
-    out[idx] = bad[1:] - bad[0]
+    for layer in layer_of_edge.unique().tolist():
+        # edges into layer `layer` leave every earlier layer as in the base run: resume there
+        sel = idx[layer_of_edge == layer]
+        masks = base.repeat(len(sel), 1)
+        masks[torch.arange(len(sel)), sel] = 0.0
+        vals = r.metric_values(masks, progress=progress, start_layer=layer, prefixes=prefixes)
+        out[sel] = r.badness(vals) - base_bad
     return out
 
 

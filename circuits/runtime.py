@@ -45,6 +45,21 @@ class RunOutput:
     logits: torch.Tensor
     senders: torch.Tensor | None = None
     leaves: list[torch.Tensor] = field(default_factory=list)  # grad-requiring leaves (for autograd.grad)
+    resid: list[torch.Tensor] | None = None  # residual [B', P, d] at the start of each layer, then the final one
+
+
+@dataclass
+class Prefix:
+    """A run's state at the start of layer ``layer``, from which masked runs can resume.
+
+    ``resid``: ``[B, P, d]`` residual entering the layer; ``senders``: ``[S, B, P, d]`` live sender
+    outputs of that run (only those before ``layer`` are read). Masks given with a prefix must
+    not differ from that run's mask on edges into layers before ``layer``.
+    """
+
+    layer: int
+    resid: torch.Tensor
+    senders: torch.Tensor
 
 
 def causal_mask(attention_mask: torch.Tensor | None, B: int, P: int, device: torch.device) -> torch.Tensor:
@@ -123,6 +138,8 @@ class TracedModel(nn.Module):
         sender_hook: SenderHook | None = None,
         input_requires_grad: bool = False,
         logit_positions: torch.Tensor | None = None,
+        record_resid: bool = False,
+        resume: Prefix | None = None,
     ) -> RunOutput:
         """Run the model; optionally record senders, patch edges, probe receivers.
 
@@ -145,6 +162,10 @@ class TracedModel(nn.Module):
             logit_positions: ``[B]`` positions; when given, logits are computed only there
                 and returned as ``[B', 1, V]`` (metrics then read position 0). Skips most of
                 the unembedding cost for large vocabularies.
+            record_resid: return the residual at the start of every layer (``RunOutput.resid``).
+            resume: start at ``resume.layer`` from a recorded run instead of the embedding
+                (its senders are shared by all K masks); used by exact edge effects, where a
+                mask that only differs in layer l need not recompute layers < l.
         """
         g, a = self.graph, self.adapter
         if input_ids.dim() != 2:
@@ -166,20 +187,30 @@ class TracedModel(nn.Module):
                     "Clean and corrupted batches must have the same shape."
                 )
         mask = causal_mask(attention_mask, B, P, dev)
-        x0 = a.embed(input_ids, position_ids)  # [B, P, d]
+        pos_b = position_ids  # [B, P], for the embedding
         if K > 1:
-            x0 = x0.repeat(K, 1, 1)
             mask = mask.repeat(K, 1, 1, 1)
             position_ids = position_ids.repeat(K, 1)
         state = _State(self, W, corrupted, K, B, on_grad, sender_hook)
-        if input_requires_grad:
-            x0 = x0.detach().requires_grad_(True)
-            state.leaves.append(x0)
-        x0 = state.emit(0, 1, x0[None])[0]
-        resid = x0
-        rot = a.rotary(x0, position_ids)
         H = g.n_heads
-        for layer in range(g.n_layers):
+        if resume is None:
+            start = 0
+            x0 = a.embed(input_ids, pos_b)  # [B, P, d]
+            if K > 1:
+                x0 = x0.repeat(K, 1, 1)
+            if input_requires_grad:
+                x0 = x0.detach().requires_grad_(True)
+                state.leaves.append(x0)
+            resid = state.emit(0, 1, x0[None])[0]
+        else:
+            start = resume.layer
+            state.groups.append((0, 1 + start * (H + 1), resume.senders[: 1 + start * (H + 1)], True))
+            resid = resume.resid.repeat(K, 1, 1) if K > 1 else resume.resid
+        resids = [] if record_resid else None
+        rot = a.rotary(resid, position_ids)
+        for layer in range(start, g.n_layers):
+            if resids is not None:
+                resids.append(resid)
             s_heads0, s_heads1 = self.heads_senders(layer)
             r0, r1 = self.attn_receivers(layer)
             x_attn = state.receiver_input(resid, r0, r1, n_senders=s_heads0, shared_probe=True)
@@ -214,6 +245,8 @@ class TracedModel(nn.Module):
             m = a.mlp(layer)(a.mlp_norm(layer)(m_in))
             m = state.emit(s_heads1, s_heads1 + 1, m[None])[0]
             resid = resid + m
+        if resids is not None:
+            resids.append(resid)
         R = g.n_receivers
         x_out = state.receiver_input(resid, R - 1, R, n_senders=g.n_senders)
         final = resid if x_out is None else x_out[0]
@@ -221,7 +254,7 @@ class TracedModel(nn.Module):
             pos = logit_positions.to(dev).long().repeat(K)
             final = final[torch.arange(final.shape[0], device=dev), pos][:, None]  # [B', 1, d]
         logits = a.unembed(final)
-        return RunOutput(logits, state.recorded() if record else None, state.leaves)
+        return RunOutput(logits, state.recorded() if record else None, state.leaves, resids)
 
     def _patch_weights(self, patch: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
         """Normalise ``patch`` to dense float ``[K, S, R]`` (None = no patching)."""
@@ -248,8 +281,9 @@ class _State:
     def __init__(self, tm: TracedModel, W, corrupted, K: int, B: int, on_grad, sender_hook) -> None:
         self.tm, self.W, self.corrupted, self.K, self.B = tm, W, corrupted, K, B
         self.on_grad, self.sender_hook = on_grad, sender_hook
-        self.groups: list[tuple[int, int, torch.Tensor]] = []  # (s0, s1, z [n, B', P, d])
-        self.deltas: dict[int, torch.Tensor] = {}  # group index -> z - z_corr  [n, K, B, P, d]
+        # (s0, s1, z, shared): z is [n, B', P, d], or [n, B, P, d] shared by all K masks
+        self.groups: list[tuple[int, int, torch.Tensor, bool]] = []
+        self.deltas: dict[int, torch.Tensor] = {}  # group -> z - z_corr: [n, K, B, P, d] ([n, B, P, d] if shared)
         self.leaves: list[torch.Tensor] = []
 
     def emit(self, s0: int, s1: int, z: torch.Tensor) -> torch.Tensor:
@@ -257,15 +291,15 @@ class _State:
             z = self.sender_hook(s0, s1, z)
         if z.is_leaf and z.requires_grad:
             self.leaves.append(z)
-        self.groups.append((s0, s1, z))
+        self.groups.append((s0, s1, z, False))
         return z
 
     def _delta(self, gi: int) -> torch.Tensor:
         if gi not in self.deltas:
-            s0, s1, z = self.groups[gi]
+            s0, s1, z, shared = self.groups[gi]
             n, (Bp, P, d) = s1 - s0, z.shape[1:]
             zc = self.corrupted[s0:s1].to(z.dtype)
-            self.deltas[gi] = z.reshape(n, self.K, self.B, P, d) - zc.unsqueeze(1)
+            self.deltas[gi] = z - zc if shared else z.reshape(n, self.K, self.B, P, d) - zc.unsqueeze(1)
         return self.deltas[gi]
 
     def receiver_input(
@@ -283,13 +317,14 @@ class _State:
             if Wl.requires_grad or bool(Wl.any()):
                 K, B = self.K, self.B
                 corr = None
-                for gi, (s0, s1, _) in enumerate(self.groups):
+                for gi, (s0, s1, _, shared) in enumerate(self.groups):
                     if s0 >= n_senders:
                         break
                     Wg = Wl[:, s0:s1]
                     if not Wg.requires_grad and not bool(Wg.any()):
                         continue
-                    term = torch.einsum("ksr,skbpd->rkbpd", Wg, self._delta(gi))
+                    eq = "ksr,sbpd->rkbpd" if shared else "ksr,skbpd->rkbpd"
+                    term = torch.einsum(eq, Wg, self._delta(gi))
                     corr = term if corr is None else corr + term
                 Bp, P, d = resid.shape
                 x = resid.view(1, K, B, P, d) - corr
@@ -324,7 +359,7 @@ class _State:
             t.register_hook(hook)
 
     def recorded(self) -> torch.Tensor:
-        return torch.cat([z.detach() for _, _, z in self.groups], dim=0)
+        return torch.cat([z.detach().repeat(1, self.K, 1, 1) if shared else z.detach() for _, _, z, shared in self.groups], dim=0)
 
 
 def _head_input_grad(grad: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
