@@ -147,8 +147,8 @@ class TracedModel(nn.Module):
             input_ids: ``[B, P]`` token ids.
             attention_mask: ``[B, P]`` 1 = real token (left padding supported).
             position_ids: ``[B, P]``; default counts real tokens.
-            corrupted: ``[S, Bc, P, d]`` sender outputs that removed edges read (Bc = B, or 1
-                for a broadcast such as a mean ablation).
+            corrupted: ``[S, Bc, Pc, d]`` sender outputs that removed edges read (Bc = B and
+                Pc = P, or 1 for a broadcast such as a mean or zero ablation).
             patch: weight of the corrupted value per edge, ``1 - mask``: dense ``[S, R]`` or
                 ``[K, S, R]`` (K masks evaluated together; output batch is ``K * B``),
                 or per edge ``[E]`` / ``[K, E]``. Fractional values interpolate.
@@ -181,9 +181,9 @@ class TracedModel(nn.Module):
         if W is not None:
             if corrupted is None:
                 raise ValueError("patching needs the corrupted run's sender outputs: pass corrupted=run(corrupted_ids, record=True).senders")
-            if corrupted.dim() != 4 or corrupted.shape[0] != g.n_senders or corrupted.shape[2] != P or corrupted.shape[1] not in (1, B):
+            if corrupted.dim() != 4 or corrupted.shape[0] != g.n_senders or corrupted.shape[2] not in (1, P) or corrupted.shape[1] not in (1, B):
                 raise ValueError(
-                    f"corrupted sender outputs must be [S={g.n_senders}, B={B} (or 1), P={P}, d]; got {tuple(corrupted.shape)}. "
+                    f"corrupted sender outputs must be [S={g.n_senders}, B={B} (or 1), P={P} (or 1), d]; got {tuple(corrupted.shape)}. "
                     "Clean and corrupted batches must have the same shape."
                 )
         mask = causal_mask(attention_mask, B, P, dev)
@@ -204,7 +204,7 @@ class TracedModel(nn.Module):
             resid = state.emit(0, 1, x0[None])[0]
         else:
             start = resume.layer
-            state.groups.append((0, 1 + start * (H + 1), resume.senders[: 1 + start * (H + 1)], True))
+            state.add_prefix(1 + start * (H + 1), resume.senders)
             resid = resume.resid.repeat(K, 1, 1) if K > 1 else resume.resid
         resids = [] if record_resid else None
         rot = a.rotary(resid, position_ids)
@@ -285,14 +285,37 @@ class _State:
         self.groups: list[tuple[int, int, torch.Tensor, bool]] = []
         self.deltas: dict[int, torch.Tensor] = {}  # group -> z - z_corr: [n, K, B, P, d] ([n, B, P, d] if shared)
         self.leaves: list[torch.Tensor] = []
+        # Without autograd, all deltas live in one [K, S, B*P*d] buffer filled in place, and a
+        # receiver group's correction is one batched matmul over every upstream sender.
+        self.buffer: torch.Tensor | None = None
+        self.buffered = W is not None and not torch.is_grad_enabled()
 
     def emit(self, s0: int, s1: int, z: torch.Tensor) -> torch.Tensor:
         if self.sender_hook is not None:
             z = self.sender_hook(s0, s1, z)
         if z.is_leaf and z.requires_grad:
             self.leaves.append(z)
-        self.groups.append((s0, s1, z, False))
+        self._add(s0, s1, z, shared=False)
         return z
+
+    def add_prefix(self, s1: int, z: torch.Tensor) -> None:
+        """Senders ``0..s1-1`` of a recorded run (``[s1, B, P, d]``), shared by every mask."""
+        self._add(0, s1, z[:s1], shared=True)
+
+    def _add(self, s0: int, s1: int, z: torch.Tensor, shared: bool) -> None:
+        self.groups.append((s0, s1, z, shared))
+        if not self.buffered:
+            return
+        n, P, d = s1 - s0, z.shape[-2], z.shape[-1]
+        K, B = self.K, self.B
+        if self.buffer is None:
+            self.buffer = torch.empty(K, self.tm.graph.n_senders, B * P * d, dtype=z.dtype, device=z.device)
+        zc = self.corrupted[s0:s1].to(z.dtype)
+        if shared:
+            delta = (z - zc).expand(n, B, P, d).reshape(1, n, B * P * d)
+        else:
+            delta = (z.view(n, K, B, P, d) - zc.unsqueeze(1)).transpose(0, 1).reshape(K, n, B * P * d)
+        self.buffer[:, s0:s1] = delta
 
     def _delta(self, gi: int) -> torch.Tensor:
         if gi not in self.deltas:
@@ -314,7 +337,13 @@ class _State:
         if self.W is not None:
             Wl = self.W[:, :n_senders, r0:r1]  # [K, n, R_l]
             # zero weights change nothing -- unless the caller differentiates w.r.t. them
-            if Wl.requires_grad or bool(Wl.any()):
+            if self.buffered and bool(Wl.any()):
+                K, B = self.K, self.B
+                Bp, P, d = resid.shape
+                corr = torch.bmm(Wl.transpose(1, 2), self.buffer[:, :n_senders])  # [K, R_l, B*P*d]
+                corr = corr.view(K, r1 - r0, B, P, d).transpose(0, 1)
+                x = (resid.view(1, K, B, P, d) - corr).reshape(r1 - r0, Bp, P, d)
+            elif Wl.requires_grad or bool(Wl.any()):
                 K, B = self.K, self.B
                 corr = None
                 for gi, (s0, s1, _, shared) in enumerate(self.groups):
