@@ -1,0 +1,91 @@
+"""Cost of a full MIB faithfulness curve vs one bare forward pass (issue 6 target: <= 12x).
+
+Set-up: GPT-2-small shape, random init (or a tiny config with --quick), batch 8 x 32 random
+tokens, logit difference on random answer ids; edge scores from EAP. The curve evaluates the
+10 MIB fractions plus the full and the empty graph on one PatchRunner: clean and corrupted
+runs, 10 top-n + pruning selections, and the batched patched forward(s).
+
+Prints from one run: the bare forward time (best of --repeats after a warm-up); the curve end to
+end on its first (cold) call; a warm curve (best of --repeats) split into clean + corrupted runs,
+selection and patched evaluation; ratios to the bare forward; peak RSS.
+
+    python benchmarks/bench_curve.py [--quick]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import bare_forward, best_time, gpt2_small, parser, peak_rss_mb, random_batch  # noqa: E402
+
+from circuits import TracedModel  # noqa: E402
+from circuits.attribution import attribute  # noqa: E402
+from circuits.evaluate import MIB_FRACTIONS, curve_masks, faithfulness_curve  # noqa: E402
+from circuits.patching import PatchRunner  # noqa: E402
+
+
+def n_patched_masks(g, absolute: bool) -> int:
+    """Distinct masks that need a patched forward: the circuits and the empty graph, minus the full graph."""
+    E = g.n_edges
+    masks = torch.cat([torch.zeros(1, E), curve_masks(g, MIB_FRACTIONS, absolute)[0].float()])
+    uniq = torch.unique(masks, dim=0)
+    return int((~(uniq == 1).all(1)).sum())
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--absolute", action="store_true", help="rank by |score| (CMD curve) instead of signed (CPR)")
+    p.set_defaults(repeats=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model = gpt2_small(args.quick)
+    tm = TracedModel(model)
+    b = random_batch(model.config.vocab_size, args.batch, args.tokens)
+    print(f"model: {model.config.n_layer} layers x {model.config.n_head} heads; edges={tm.graph.n_edges}; "
+          f"batch {args.batch} x {args.tokens}; threads={torch.get_num_threads()}; fractions={len(MIB_FRACTIONS)}")
+    t_bare = best_time(bare_forward(model, b), args.repeats)
+    print(f"bare forward                   {t_bare * 1e3:9.1f} ms")
+    rss_before = peak_rss_mb()
+    g = attribute(tm, [b], "logit_diff", "eap")
+    print(f"EAP scores                     {g.meta['attribution']['seconds'] * 1e3:9.1f} ms (not part of the curve)")
+    rss_eap = peak_rss_mb()
+
+    t = time.perf_counter()
+    curve = faithfulness_curve(tm, g, [b], metric="logit_diff", absolute=args.absolute, batch_size=args.batch)
+    t_cold = time.perf_counter() - t
+    print(f"MIB curve, end to end (cold)   {t_cold * 1e3:9.1f} ms   ratio {t_cold / t_bare:6.2f}x")
+
+    # warm run, timed by part: prepare (clean + corrupted runs), selection, patched evaluation
+    best = None
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        runner = PatchRunner(tm, [b], "logit_diff", batch_size=args.batch)
+        t_prep = time.perf_counter() - t
+        t = time.perf_counter()
+        curve_masks(g, MIB_FRACTIONS, args.absolute)
+        t_sel = time.perf_counter() - t
+        t = time.perf_counter()
+        faithfulness_curve(tm, g, [b], absolute=args.absolute, runner=runner)
+        t_eval = time.perf_counter() - t - t_sel  # the curve call repeats the selection
+        parts = (t_prep + t_sel + t_eval, t_prep, t_sel, t_eval)
+        best = parts if best is None or parts[0] < best[0] else best
+    total, t_prep, t_sel, t_eval = best
+    rss_after = peak_rss_mb()
+    print(f"MIB curve (warm, best of {args.repeats})     {total * 1e3:9.1f} ms   ratio {total / t_bare:6.2f}x (target <= 12x)")
+    print(f"  clean + corrupted runs       {t_prep * 1e3:9.1f} ms   {t_prep / t_bare:6.2f}x")
+    print(f"  selection (10 topn + prune)  {t_sel * 1e3:9.1f} ms   {t_sel / t_bare:6.2f}x")
+    print(f"  patched evaluation           {t_eval * 1e3:9.1f} ms   {t_eval / t_bare:6.2f}x "
+          f"({n_patched_masks(g, args.absolute)} distinct masks x {args.batch} rows; the all-edges mask reuses the clean run)")
+    print(f"peak RSS (process high-water mark): {rss_before:.0f} MB before scoring, {rss_eap:.0f} MB after EAP, "
+          f"{rss_after:.0f} MB after the curves")
+    print(f"curve ({curve.kind}): n_edges={curve.n_edges}")
+    print(f"  f={[round(f, 3) for f in curve.faithfulness]}  CPR={curve.cpr:.4f}  CMD={curve.cmd:.4f}")
+
+
+if __name__ == "__main__":
+    main()
