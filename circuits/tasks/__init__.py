@@ -11,6 +11,7 @@ name               generator                                   default metric
 ``docstring``      :func:`circuits.tasks.docstring.make_docstring`  logit_diff
 ``sva``            :func:`circuits.tasks.sva.make_sva`          logit_diff
 ``gender``         :func:`circuits.tasks.gender.make_gender`    logit_diff
+``pronoun``        :func:`circuits.tasks.pronoun.make_pronoun`  logit_diff
 =================  ==========================================  ===============
 
 :func:`load_task` accepts one of these names or the path of a ``.csv`` / ``.jsonl`` file
@@ -22,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from . import custom, docstring, gender, greater_than, induction, ioi, sva
+from . import custom, docstring, gender, greater_than, induction, ioi, pronoun, sva
 from .base import Batch, Task
 from .custom import load_csv, load_jsonl
 from .docstring import make_docstring
@@ -30,6 +31,7 @@ from .gender import make_gender
 from .greater_than import make_greater_than
 from .induction import make_induction
 from .ioi import make_ioi
+from .pronoun import make_pronoun
 from .sva import make_sva
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "make_docstring",
     "make_sva",
     "make_gender",
+    "make_pronoun",
 ]
 
 TASKS: dict[str, Callable[..., Task]] = {
@@ -58,6 +61,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "docstring": make_docstring,
     "sva": make_sva,
     "gender": make_gender,
+    "pronoun": make_pronoun,
 }
 """Built-in task generators by name."""
 
@@ -68,6 +72,7 @@ TASK_MODULES = {
     "docstring": docstring,
     "sva": sva,
     "gender": gender,
+    "pronoun": pronoun,
 }
 """The module of each built-in task (each has ``generate_examples(n, seed)`` and ``words()``)."""
 
