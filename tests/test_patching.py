@@ -131,3 +131,12 @@ def test_iterative_prune(setup):
     tm, data = setup
     g = iterative_prune(tm, data, 20, "logit_diff")
     assert g.n_circuit_edges == 20
+
+
+@pytest.mark.parametrize("name", ["marker_copy", "rope_induction"])
+def test_acdc_recovers_planted_circuit(name):
+    from circuits.zoo.planted import ground_truth, load_planted, planted_task
+
+    model, _ = load_planted(name)
+    res = acdc(model, planted_task(name, n=16, seed=0), 0.1, "kl_div")
+    assert torch.equal(res.graph.in_circuit, ground_truth(name).in_circuit)
