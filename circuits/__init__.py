@@ -9,6 +9,8 @@ The pipeline, one module per step::
     evaluation -> circuits.evaluate                   (faithfulness, CPR/CMD curves, ROC/AUC)
     render   -> circuits.render / circuits.export     (graphviz diagrams; JSON, GraphML, GEXF, CSV, dot)
 
+``circuits.save(graph, path)`` writes any of these by suffix (diagrams through ``circuits.render``).
+
 Quick start::
 
     import circuits
@@ -18,7 +20,7 @@ Quick start::
     graph = circuits.attribute(model, train, method="eap-ig-inputs")
     circuits.prune.topn(graph, 30)
     print(circuits.evaluate_circuit(model, graph, test).faithfulness)
-    circuits.render(graph, "circuit.svg")
+    circuits.save(graph, "circuit.svg")     # or .png .pdf .html .json .graphml .gexf .csv .dot
 """
 
 from . import prune, zoo
@@ -28,7 +30,6 @@ from .export import load, save
 from .graph import Graph
 from .models import SUPPORTED_MODEL_TYPES, get_adapter, graph_for
 from .patching import PatchRunner, acdc, exact_edge_effects, iterative_prune, path_patching, path_patching_grid
-from .render import render, render_html
 from .runtime import RunOutput, TracedModel
 from .tasks import Batch, Task, load_task
 
@@ -56,8 +57,6 @@ __all__ = [
     "faithfulness_curve",
     "roc",
     "node_roc",
-    "render",
-    "render_html",
     "save",
     "load",
     "Task",

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> circuits.CircuitReport:
     graph.meta.update(model="stories260k", task="pronoun", method="eap-ig-inputs", faithfulness=report.faithfulness)
     circuits.save(graph, f"{args.out}/circuit.json", overwrite=True)
     try:
-        circuits.render(graph, f"{args.out}/circuit.svg", overwrite=True)
+        circuits.save(graph, f"{args.out}/circuit.svg", overwrite=True)
     except RuntimeError as e:  # Graphviz not installed
         print(e)
     print(f"{graph.n_circuit_edges} edges, normalized faithfulness {report.faithfulness:.3f}")

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     node_auc = circuits.node_roc(graph, truth_nodes).auc
     print(f"{graph.n_circuit_edges} edges, faithfulness {report.faithfulness:.3f}, node AUC vs the 26 IOI heads {node_auc:.3f}")
     graph.meta.update(model="gpt2", task="ioi", method="eap-ig-inputs", faithfulness=report.faithfulness)
-    circuits.render(graph, f"{args.out}/ioi.svg", overwrite=True, groups=IOI_GROUPS, merge_qkv=True, force=True)
+    circuits.save(graph, f"{args.out}/ioi.svg", overwrite=True, groups=IOI_GROUPS, merge_qkv=True, force=True)
     return 0
 
 

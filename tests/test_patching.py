@@ -68,12 +68,13 @@ def sequential_acdc(tm, data, tau, metric="kl_div"):
     return cur > 0.5
 
 
-@pytest.mark.parametrize("tau", [0.0, 3e-4])
-def test_acdc_matches_sequential_reference(setup, tau):
-    tm, data = setup
+@pytest.mark.parametrize("tau", [3e-4])
+def test_acdc_matches_sequential_reference(tau):
+    tm = TracedModel(tiny_model("gpt_neox"))  # 102 edges: the reference runs one forward per edge
+    data = [make_batch(seed=3, B=3, P=6)]
     res = acdc(tm, data, tau)
     assert torch.equal(res.graph.in_circuit, sequential_acdc(tm, data, tau))
-    assert len(res.order) == tm.graph.n_edges and sorted(res.order) == list(range(tm.graph.n_edges))
+    assert sorted(res.order) == list(range(tm.graph.n_edges))
 
 
 def test_acdc_thresholds(setup):
