@@ -84,20 +84,31 @@ class Adapter:
         """Raise NotImplementedError for config features the adapter does not handle."""
 
     # ---------------------------------------------------------------- accessors (override)
+    #: where the modules live: dotted path of the block list and of the final norm from the
+    #: model, and attribute names of the norms and the MLP inside one block
+    blocks_path: str = ""
+    final_norm_path: str = ""
+    attn_norm_name: str = "input_layernorm"
+    mlp_norm_name: str = "post_attention_layernorm"
+    mlp_name: str = "mlp"
+
+    def block(self, layer: int) -> nn.Module:
+        return _get_path(self.model, self.blocks_path)[layer]
+
     def embed(self, ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def attn_norm(self, layer: int) -> nn.Module:
-        raise NotImplementedError
+        return getattr(self.block(layer), self.attn_norm_name)
 
     def mlp_norm(self, layer: int) -> nn.Module:
-        raise NotImplementedError
+        return getattr(self.block(layer), self.mlp_norm_name)
 
     def mlp(self, layer: int) -> nn.Module:
-        raise NotImplementedError
+        return getattr(self.block(layer), self.mlp_name)
 
     def final_norm(self) -> nn.Module:
-        raise NotImplementedError
+        return _get_path(self.model, self.final_norm_path)
 
     def lm_head(self) -> nn.Module:
         return self.model.get_output_embeddings()
@@ -158,6 +169,12 @@ class Adapter:
         """Per-head contributions to the residual: ctx ``[B, H, P, dh]`` -> ``[H, B, P, d]``, plus b_O."""
         w = self.attn_weights(layer)
         return torch.einsum("bhpe,hed->hbpd", ctx, w.W_O), w.b_O
+
+
+def _get_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _proj(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:

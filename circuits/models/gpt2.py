@@ -12,6 +12,9 @@ from .base import Adapter, AttnWeights, bias_heads
 class GPT2Adapter(Adapter):
     family = "gpt2"
     model_types = ("gpt2",)
+    blocks_path = "transformer.h"
+    final_norm_path = "transformer.ln_f"
+    attn_norm_name, mlp_norm_name = "ln_1", "ln_2"
 
     @classmethod
     def graph_shape(cls, config: Any) -> dict[str, Any]:
@@ -24,24 +27,9 @@ class GPT2Adapter(Adapter):
         if getattr(config, "reorder_and_upcast_attn", False):
             raise NotImplementedError("GPT-2 with reorder_and_upcast_attn=True is not supported; set it to False (same result in float32)")
 
-    def _block(self, layer: int):
-        return self.model.transformer.h[layer]
-
     def embed(self, ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         t = self.model.transformer
         return t.wte(ids) + t.wpe(position_ids)
-
-    def attn_norm(self, layer: int):
-        return self._block(layer).ln_1
-
-    def mlp_norm(self, layer: int):
-        return self._block(layer).ln_2
-
-    def mlp(self, layer: int):
-        return self._block(layer).mlp
-
-    def final_norm(self):
-        return self.model.transformer.ln_f
 
     def attn_scale(self, layer: int) -> float:
         scale = self.head_dim**-0.5 if self.config.scale_attn_weights else 1.0
@@ -50,7 +38,7 @@ class GPT2Adapter(Adapter):
         return scale
 
     def attn_weights(self, layer: int) -> AttnWeights:
-        attn = self._block(layer).attn
+        attn = self.block(layer).attn
         H, dh, d = self.n_heads, self.head_dim, self.d_model
         W = attn.c_attn.weight  # Conv1D: [d, 3d], columns q | k | v, each head-major
         b = attn.c_attn.bias

@@ -6,10 +6,13 @@ from typing import Any
 
 import torch
 
-from .base import Adapter, AttnWeights, linear_heads, linear_out_heads
+from .base import AttnWeights, linear_heads, linear_out_heads
+from .gpt2 import GPT2Adapter
 
 
-class GPTNeoAdapter(Adapter):
+class GPTNeoAdapter(GPT2Adapter):
+    """Same module layout and embedding as GPT-2; q/k/v/out are separate Linear layers."""
+
     family = "gpt_neo"
     model_types = ("gpt_neo",)
     upcast_attention = True  # GPT-Neo computes attention scores in float32
@@ -26,25 +29,6 @@ class GPTNeoAdapter(Adapter):
     def get_head_dim(cls, config: Any) -> int:
         return int(config.hidden_size // config.num_heads)
 
-    def _block(self, layer: int):
-        return self.model.transformer.h[layer]
-
-    def embed(self, ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        t = self.model.transformer
-        return t.wte(ids) + t.wpe(position_ids)
-
-    def attn_norm(self, layer: int):
-        return self._block(layer).ln_1
-
-    def mlp_norm(self, layer: int):
-        return self._block(layer).ln_2
-
-    def mlp(self, layer: int):
-        return self._block(layer).mlp
-
-    def final_norm(self):
-        return self.model.transformer.ln_f
-
     def attn_scale(self, layer: int) -> float:
         return 1.0  # GPT-Neo does not scale attention scores
 
@@ -52,7 +36,7 @@ class GPTNeoAdapter(Adapter):
         return int(self.config.window_size) if self.config.attention_layers[layer] == "local" else None
 
     def attn_weights(self, layer: int) -> AttnWeights:
-        a = self._block(layer).attn.attention
+        a = self.block(layer).attn.attention
         H = self.n_heads
         return AttnWeights(
             linear_heads(a.q_proj.weight, H),

@@ -12,6 +12,8 @@ from .base import Adapter, AttnWeights, linear_out_heads
 class GPTNeoXAdapter(Adapter):
     family = "gpt_neox"
     model_types = ("gpt_neox",)
+    blocks_path = "gpt_neox.layers"
+    final_norm_path = "gpt_neox.final_layer_norm"
 
     @classmethod
     def graph_shape(cls, config: Any) -> dict[str, Any]:
@@ -29,29 +31,14 @@ class GPTNeoXAdapter(Adapter):
     def get_head_dim(cls, config: Any) -> int:
         return int(config.hidden_size // config.num_attention_heads)
 
-    def _layer(self, layer: int):
-        return self.model.gpt_neox.layers[layer]
-
     def embed(self, ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         return self.model.gpt_neox.embed_in(ids)
-
-    def attn_norm(self, layer: int):
-        return self._layer(layer).input_layernorm
-
-    def mlp_norm(self, layer: int):
-        return self._layer(layer).post_attention_layernorm
-
-    def mlp(self, layer: int):
-        return self._layer(layer).mlp
-
-    def final_norm(self):
-        return self.model.gpt_neox.final_layer_norm
 
     def rotary(self, x: torch.Tensor, position_ids: torch.Tensor):
         return self.model.gpt_neox.rotary_emb(x, position_ids=position_ids)
 
     def attn_weights(self, layer: int) -> AttnWeights:
-        a = self._layer(layer).attention
+        a = self.block(layer).attention
         H, dh, d = self.n_heads, self.head_dim, self.d_model
         # query_key_value rows are laid out per head as [q | k | v] (each dh rows)
         W = a.query_key_value.weight.view(H, 3, dh, d)

@@ -12,6 +12,8 @@ from .base import Adapter, AttnWeights, bias_heads, linear_heads, linear_out_hea
 class LlamaAdapter(Adapter):
     family = "llama"
     model_types = ("llama", "mistral", "qwen2")
+    blocks_path = "model.layers"
+    final_norm_path = "model.norm"
 
     @classmethod
     def check_config(cls, config: Any) -> None:
@@ -21,29 +23,14 @@ class LlamaAdapter(Adapter):
         if getattr(config, "pretraining_tp", 1) not in (1, None):
             raise NotImplementedError("pretraining_tp > 1 is not supported; set config.pretraining_tp = 1 (same math)")
 
-    def _layer(self, layer: int):
-        return self.model.model.layers[layer]
-
     def embed(self, ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         return self.model.model.embed_tokens(ids)
-
-    def attn_norm(self, layer: int):
-        return self._layer(layer).input_layernorm
-
-    def mlp_norm(self, layer: int):
-        return self._layer(layer).post_attention_layernorm
-
-    def mlp(self, layer: int):
-        return self._layer(layer).mlp
-
-    def final_norm(self):
-        return self.model.model.norm
 
     def rotary(self, x: torch.Tensor, position_ids: torch.Tensor):
         return self.model.model.rotary_emb(x, position_ids)
 
     def attn_scale(self, layer: int) -> float:
-        return float(self._layer(layer).self_attn.scaling)
+        return float(self.block(layer).self_attn.scaling)
 
     def attn_window(self, layer: int) -> int | None:
         cfg = self.config
@@ -56,7 +43,7 @@ class LlamaAdapter(Adapter):
         return int(window)
 
     def attn_weights(self, layer: int) -> AttnWeights:
-        a = self._layer(layer).self_attn
+        a = self.block(layer).self_attn
         H, Hkv = self.n_heads, self.n_kv_heads
         return AttnWeights(
             linear_heads(a.q_proj.weight, H),
