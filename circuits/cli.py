@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -44,7 +45,7 @@ def _add_common(p: argparse.ArgumentParser, task_required: bool = False) -> None
 def _load(args: argparse.Namespace):
     """(model, tokenizer, task, train, test) from the common options."""
     from . import zoo
-    from .tasks import load_task
+    from .tasks import TASKS, load_task
 
     torch.manual_seed(args.seed)
     model, tokenizer = zoo.load(args.model, device=args.device, dtype=DTYPES[args.dtype])
@@ -54,11 +55,18 @@ def _load(args: argparse.Namespace):
         if args.model not in zoo.MODELS:
             raise UsageError("--task is required for a model that is not in the zoo")
         task_name = zoo.MODELS[args.model].task
-    if args.model in zoo.MODELS and task_name == zoo.MODELS[args.model].task:
-        options = dict(zoo.task_options(args.model))
+    if args.model in zoo.MODELS and task_name in TASKS:
+        # the zoo model's token pool etc., for the generator options this task accepts
+        accepted = inspect.signature(TASKS[task_name]).parameters
+        options = {k: v for k, v in zoo.task_options(args.model).items() if k in accepted}
     if Path(task_name).suffix in (".csv", ".jsonl") and not Path(task_name).exists():
         raise UsageError(f"task file {task_name} does not exist")
-    task = load_task(task_name, tokenizer, n=args.n_examples, seed=args.seed, **options)
+    if task_name == "planted":  # a model with a known circuit generates its own task
+        from .zoo.planted import planted_task
+
+        task = planted_task(args.model, n=args.n_examples, seed=args.seed)
+    else:
+        task = load_task(task_name, tokenizer, n=args.n_examples, seed=args.seed, **options)
     if args.metric:
         task.metric = args.metric
     if len(task) < 2:

@@ -1,0 +1,172 @@
+"""The model zoo: small models shipped inside the package, loadable offline.
+
+Each model is a ``transformers`` folder under ``circuits/zoo/models/<name>/`` holding
+``config.json``, ``model.safetensors``, ``tokenizer.json`` and ``tokenizer_config.json``
+(plus provenance: ``SOURCE.txt`` or ``training.json``). Model cards are in ``docs/zoo.md``.
+
+>>> from circuits import zoo
+>>> zoo.list_models()
+['induction-2l', 'stories260k']
+>>> model, tokenizer = zoo.load("stories260k")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "MODELS",
+    "MODELS_DIR",
+    "ZooEntry",
+    "ground_truth_path",
+    "list_models",
+    "load",
+    "model_path",
+    "task_options",
+]
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+"""Folder holding one sub-folder per shipped model."""
+
+GROUND_TRUTH_FILE = "ground_truth.json"
+"""Name of a model's ground-truth circuit file, inside its folder."""
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One shipped model.
+
+    Attributes:
+        name: registry key, e.g. ``"stories260k"``.
+        description: one line for listings.
+        folder: folder relative to ``circuits/zoo/`` (e.g. ``"models/stories260k"``).
+        task: name of the task (``circuits.tasks``) the model is meant for.
+        has_ground_truth: whether the folder ships ``ground_truth.json`` (a circuit
+            known independently of any discovery method).
+        card: anchor of the model card in ``docs/zoo.md``.
+        task_tokens: regular expression (full match) selecting the vocabulary entries that
+            make up the task's token pool (see :func:`task_options`).
+    """
+
+    name: str
+    description: str
+    folder: str
+    task: str
+    has_ground_truth: bool
+    card: str
+    task_tokens: str
+
+    @property
+    def path(self) -> Path:
+        """Absolute path of the model folder."""
+        return Path(__file__).resolve().parent / self.folder
+
+
+MODELS: Mapping[str, ZooEntry] = MappingProxyType(
+    {
+        entry.name: entry
+        for entry in (
+            ZooEntry(
+                name="stories260k",
+                description="Karpathy's TinyStories stories260K: pretrained Llama-2 (GQA), 5 layers, 8 heads, vocab 512",
+                folder="models/stories260k",
+                task="pronoun",
+                has_ground_truth=False,
+                card="docs/zoo.md#stories260k",
+                task_tokens="\u2581[a-z]{2,}",  # word-initial lowercase pieces: "▁the", "▁named", ...
+            ),
+            ZooEntry(
+                name="induction-2l",
+                description="2-layer attention-only GPT-2 trained on repeated random tokens (induction)",
+                folder="models/induction-2l",
+                task="induction",
+                has_ground_truth=False,
+                card="docs/zoo.md#induction-2l",
+                task_tokens="t[0-9]+",  # every content token
+            ),
+        )
+    }
+)
+"""The registry, read-only: name -> :class:`ZooEntry`."""
+
+
+def list_models() -> list[str]:
+    """Names of the shipped models, sorted."""
+    return sorted(MODELS)
+
+
+def model_path(name_or_path: str | Path) -> Path:
+    """Resolve a zoo name or a local folder to the folder to load.
+
+    Raises:
+        ValueError: ``name_or_path`` is neither a zoo name nor an existing path; the
+            message lists the valid names, and says so when it looks like a missing path.
+    """
+    if isinstance(name_or_path, str) and name_or_path.lower() in MODELS:
+        return MODELS[name_or_path.lower()].path
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    valid = ", ".join(list_models())
+    if path.exists():
+        raise ValueError(f"{str(name_or_path)!r} is a file, not a model folder; zoo models: {valid}")
+    looks_like_path = isinstance(name_or_path, Path) or any(sep in str(name_or_path) for sep in ("/", "\\", "."))
+    if looks_like_path:
+        raise ValueError(f"path {str(name_or_path)!r} does not exist (and is not a zoo model; zoo models: {valid})")
+    raise ValueError(f"unknown model {str(name_or_path)!r}: not a zoo model ({valid}) and no such folder")
+
+
+def load(
+    name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a zoo model (by name) or a local ``transformers`` folder, offline.
+
+    Returns ``(model, tokenizer)``; the model is on ``device``, in ``dtype`` and in eval mode.
+    """
+    folder = model_path(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+    model = model.to(device)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return model, tokenizer
+
+
+def ground_truth_path(name: str) -> Path | None:
+    """Path of the model's ground-truth circuit file, or ``None`` if it ships none.
+
+    Raises:
+        ValueError: ``name`` is not a zoo model.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown zoo model {name!r}; zoo models: {', '.join(list_models())}")
+    entry = MODELS[name]
+    return entry.path / GROUND_TRUTH_FILE if entry.has_ground_truth else None
+
+
+def task_options(name: str) -> dict[str, Any]:
+    """Keyword arguments for ``circuits.load_task(entry.task, tokenizer, **options)``.
+
+    The task generators draw tokens from a pool of common English words by default;
+    the zoo models have their own small vocabularies, so this returns the pool to use
+    instead (``vocab_ids``: the ids whose vocabulary entry fully matches the entry's
+    ``task_tokens`` pattern, read from ``tokenizer.json``) and ``prepend_bos=True``
+    (both models were trained with a BOS token first).
+
+    Raises:
+        ValueError: ``name`` is not a zoo model.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown zoo model {name!r}; zoo models: {', '.join(list_models())}")
+    entry = MODELS[name]
+    vocab = json.loads((entry.path / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    pattern = re.compile(entry.task_tokens)
+    vocab_ids = sorted(int(i) for tok, i in vocab.items() if pattern.fullmatch(tok))
+    return {"vocab_ids": vocab_ids, "prepend_bos": True}
