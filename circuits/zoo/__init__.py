@@ -92,6 +92,24 @@ MODELS: Mapping[str, ZooEntry] = MappingProxyType(
                 card="docs/zoo.md#induction-2l",
                 task_tokens="t[0-9]+",  # every content token
             ),
+            ZooEntry(
+                name="marker_copy",
+                description="hand-compiled GPT-2: copy the token after a marker; known circuit, distractor heads",
+                folder="planted/marker_copy",
+                task="planted",
+                has_ground_truth=True,
+                card="docs/planted.md#marker_copy",
+                task_tokens="t[0-9]+",
+            ),
+            ZooEntry(
+                name="rope_induction",
+                description="hand-compiled Llama (RoPE, RMSNorm, SwiGLU): induction; known circuit, distractors",
+                folder="planted/rope_induction",
+                task="planted",
+                has_ground_truth=True,
+                card="docs/planted.md#rope_induction",
+                task_tokens="t[0-9]+",
+            ),
         )
     }
 )
