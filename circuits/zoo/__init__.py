@@ -6,7 +6,7 @@ Each model is a ``transformers`` folder under ``circuits/zoo/models/<name>/`` ho
 
 >>> from circuits import zoo
 >>> zoo.list_models()
-['induction-2l', 'stories260k']
+['marker_copy', 'rope_induction', 'stories260k']
 >>> model, tokenizer = zoo.load("stories260k")  # doctest: +SKIP
 """
 
@@ -52,8 +52,9 @@ class ZooEntry:
         has_ground_truth: whether the folder ships ``ground_truth.json`` (a circuit
             known independently of any discovery method).
         card: anchor of the model card in ``docs/zoo.md``.
-        task_tokens: regular expression (full match) selecting the vocabulary entries that
-            make up the task's token pool (see :func:`task_options`).
+        task_tokens: regular expression (full match) selecting the vocabulary entries
+            that form the token pool of token-level tasks such as ``induction`` (see
+            :func:`task_options`); ``None`` if the model has no meaningful pool.
     """
 
     name: str
@@ -62,7 +63,7 @@ class ZooEntry:
     task: str
     has_ground_truth: bool
     card: str
-    task_tokens: str
+    task_tokens: str | None = None
 
     @property
     def path(self) -> Path:
@@ -82,15 +83,6 @@ MODELS: Mapping[str, ZooEntry] = MappingProxyType(
                 has_ground_truth=False,
                 card="docs/zoo.md#stories260k",
                 task_tokens="\u2581[a-z]{2,}",  # word-initial lowercase pieces: "▁the", "▁named", ...
-            ),
-            ZooEntry(
-                name="induction-2l",
-                description="2-layer attention-only GPT-2 trained on repeated random tokens (induction)",
-                folder="models/induction-2l",
-                task="induction",
-                has_ground_truth=False,
-                card="docs/zoo.md#induction-2l",
-                task_tokens="t[0-9]+",  # every content token
             ),
             ZooEntry(
                 name="marker_copy",
@@ -169,22 +161,28 @@ def ground_truth_path(name: str) -> Path | None:
     return entry.path / GROUND_TRUTH_FILE if entry.has_ground_truth else None
 
 
-def task_options(name: str) -> dict[str, Any]:
-    """Keyword arguments for ``circuits.load_task(entry.task, tokenizer, **options)``.
+def task_options(name: str, task: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``circuits.load_task(task, tokenizer, **options)`` on a zoo model.
 
-    The task generators draw tokens from a pool of common English words by default;
-    the zoo models have their own small vocabularies, so this returns the pool to use
-    instead (``vocab_ids``: the ids whose vocabulary entry fully matches the entry's
-    ``task_tokens`` pattern, read from ``tokenizer.json``) and ``prepend_bos=True``
-    (both models were trained with a BOS token first).
+    ``task`` defaults to the model's own task (``MODELS[name].task``). Both zoo models were
+    trained with a BOS token first, so ``prepend_bos=True`` always. For the token-level
+    ``induction`` task, whose default token pool is a list of English words, the pool is
+    the model's own: ``vocab_ids`` = the ids whose vocabulary entry fully matches the
+    entry's ``task_tokens`` pattern (read from ``tokenizer.json``).
 
     Raises:
-        ValueError: ``name`` is not a zoo model.
+        ValueError: ``name`` is not a zoo model, or ``task`` needs a token pool the model
+            does not define.
     """
     if name not in MODELS:
         raise ValueError(f"unknown zoo model {name!r}; zoo models: {', '.join(list_models())}")
     entry = MODELS[name]
-    vocab = json.loads((entry.path / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
-    pattern = re.compile(entry.task_tokens)
-    vocab_ids = sorted(int(i) for tok, i in vocab.items() if pattern.fullmatch(tok))
-    return {"vocab_ids": vocab_ids, "prepend_bos": True}
+    task = entry.task if task is None else task
+    options: dict[str, Any] = {"prepend_bos": True}
+    if task == "induction":
+        if entry.task_tokens is None:
+            raise ValueError(f"zoo model {name!r} defines no token pool for the induction task")
+        vocab = json.loads((entry.path / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+        pattern = re.compile(entry.task_tokens)
+        options["vocab_ids"] = sorted(int(i) for tok, i in vocab.items() if pattern.fullmatch(tok))
+    return options

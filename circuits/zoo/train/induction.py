@@ -1,0 +1,360 @@
+"""Train ``induction-2l``: a 2-layer, attention-only GPT-2 that learns induction.
+
+Data: a sequence of length ``T`` is ``<bos>`` followed by ``T - 1`` content tokens laid
+out as ``noise (T - 1 - 2L tokens) + segment (L tokens) + the same segment again``, with
+``L`` uniform in ``[min_repeat, min(max_repeat, (T - 1) // 2)]``. The noise and the first
+copy are distinct tokens drawn without replacement from ``t0 .. t{N-1}``, so each token of
+the second copy has exactly one earlier occurrence. Only the second copy (after its first
+token) is predictable, and exactly by induction: attend to the token after the previous
+occurrence of the current token and copy it (a previous-token head in layer 0 feeding an
+induction head in layer 1 through K-composition). The loss is the cross-entropy on those
+targets only: the other positions carry no learnable signal.
+
+Each training batch has its own length ``T``, uniform in ``[min_len, seq_len]``: short
+contexts give the induction head a strong gradient early (with full-length batches only,
+the model sat on a plateau for thousands of steps); evaluation uses full-length
+sequences (``T = seq_len``).
+
+Attention-only: ``transformers``' GPT-2 always has an MLP per block. Here every MLP
+(``c_fc``, ``c_proj``) and the LayerNorm in front of it (``ln_2``) are set to zero and
+frozen, and ``n_inner`` is tiny; GELU(0) = 0, so each MLP's output is exactly zero and
+the model computes the same function as an attention-only transformer while loading
+as a standard ``GPT2LMHeadModel``.
+
+Usage::
+
+    python -m circuits.zoo.train.induction --out circuits/zoo/models/induction-2l --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from tokenizers import Tokenizer, processors
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from circuits.tokenization import save_fast_tokenizer
+
+__all__ = [
+    "SPECIAL_TOKENS",
+    "DataSpec",
+    "TrainSpec",
+    "build_model",
+    "build_tokenizer",
+    "evaluate",
+    "head_pattern_scores",
+    "main",
+    "make_batch",
+    "train",
+]
+
+SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>")
+"""Special tokens, ids 0..3; content token ``t{k}`` has id ``k + len(SPECIAL_TOKENS)``."""
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Shape of the synthetic induction data."""
+
+    n_content: int = 60  # content tokens t0 .. t59; vocab = 64 with the specials
+    seq_len: int = 64  # maximum length, including <bos> (= n_positions)
+    min_len: int = 12  # shortest training batch
+    min_repeat: int = 4
+    max_repeat: int = 31  # 2 * max_repeat <= seq_len - 1
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_content + len(SPECIAL_TOKENS)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Model size and optimisation settings."""
+
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    n_inner: int = 4  # MLPs are zero and frozen (see module docstring)
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup: int = 100
+    decay_from: float = 0.6  # constant LR until this fraction of the steps, then cosine to 10%
+    eval_size: int = 1024
+    threads: int = 2
+
+
+def build_tokenizer(n_content: int, seq_len: int) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over ``t0 .. t{n_content-1}``; encoding prepends ``<bos>``.
+
+    Text is whitespace-separated token names (``"t5 t17 t5"``); decoding joins them
+    with spaces. Unknown words map to ``<unk>``.
+    """
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for k in range(n_content):
+        vocab[f"t{k}"] = k + len(SPECIAL_TOKENS)
+    backend = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<bos>:0 $A:0", pair="<bos>:0 $A:0 <bos>:1 $B:1", special_tokens=[("<bos>", BOS_ID)]
+    )
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        model_max_length=seq_len,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def build_model(data: DataSpec, spec: TrainSpec) -> GPT2LMHeadModel:
+    """A GPT-2 with zeroed, frozen MLPs (attention-only in function), no dropout."""
+    config = GPT2Config(
+        vocab_size=data.vocab_size,
+        n_positions=data.seq_len,
+        n_embd=spec.n_embd,
+        n_layer=spec.n_layer,
+        n_head=spec.n_head,
+        n_inner=spec.n_inner,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        tie_word_embeddings=True,
+    )
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for block in model.transformer.h:
+            for param in list(block.mlp.parameters()) + list(block.ln_2.parameters()):
+                param.zero_()
+                param.requires_grad_(False)
+    return model
+
+
+def make_batch(
+    n: int, data: DataSpec, generator: torch.Generator, seq_len: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample ``n`` induction sequences of length ``seq_len`` (default ``data.seq_len``).
+
+    Row layout: ``<bos>``, then ``seq_len - 1 - 2L`` noise tokens, an ``L``-token segment
+    and the same segment again (``L`` uniform in ``[min_repeat, min(max_repeat,
+    (seq_len - 1) // 2)]``). The noise and the first copy are drawn *without
+    replacement*, so every token of the second copy occurs exactly once before it: the
+    induction target is unambiguous.
+
+    Returns:
+        ids: ``(n, seq_len)`` token ids, ``ids[:, 0] == <bos>``.
+        repeat_len: ``(n,)`` segment length ``L`` of each row.
+        target_mask: ``(n, seq_len)`` bool, True at positions ``p`` whose *next* token
+            ``ids[p + 1]`` is predictable by induction (the second copy, after its first
+            token). Use as ``logits[:, :-1][mask[:, :-1]]`` vs ``ids[:, 1:][mask[:, :-1]]``.
+    """
+    seq_len = data.seq_len if seq_len is None else seq_len
+    body = seq_len - 1
+    max_repeat = min(data.max_repeat, body // 2)
+    if seq_len > data.seq_len or max_repeat < data.min_repeat or data.min_repeat < 2:
+        raise ValueError(f"cannot fit a repeat of {data.min_repeat}..{data.max_repeat} tokens in length {seq_len}")
+    if body - data.min_repeat > data.n_content:
+        raise ValueError(f"{data.n_content} content tokens cannot fill {body - data.min_repeat} distinct slots")
+    offset = len(SPECIAL_TOKENS)
+    # a random permutation per row: the first `body` entries are distinct tokens
+    tokens = torch.rand(n, data.n_content, generator=generator).argsort(dim=1)[:, :body] + offset
+    repeat_len = torch.randint(data.min_repeat, max_repeat + 1, (n,), generator=generator)
+    pos = torch.arange(body).expand(n, body)
+    second_start = (body - repeat_len).unsqueeze(1)  # second copy occupies [body - L, body)
+    source = torch.where(pos >= second_start, pos - repeat_len.unsqueeze(1), pos)
+    tokens = torch.gather(tokens, 1, source)
+    ids = torch.cat([torch.full((n, 1), BOS_ID), tokens], dim=1)
+    # ids position p predicts ids[p + 1]; predictable iff ids index p + 1 lies in the second
+    # copy and is not its first token: p + 1 >= 1 + second_start + 1.
+    ids_pos = torch.arange(seq_len).expand(n, seq_len)
+    target_mask = (ids_pos >= second_start + 1) & (ids_pos < seq_len - 1)
+    return ids, repeat_len, target_mask
+
+
+@torch.no_grad()
+def evaluate(model: GPT2LMHeadModel, ids: torch.Tensor, target_mask: torch.Tensor) -> dict[str, float]:
+    """Loss over all next-token positions, loss and accuracy on the induction targets."""
+    model.eval()
+    logits = model(input_ids=ids).logits[:, :-1].float()
+    targets = ids[:, 1:]
+    mask = target_mask[:, :-1]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    correct = logits.argmax(-1) == targets
+    return {
+        "loss_all": nll.mean().item(),
+        "loss_repeat": nll[mask].mean().item(),
+        "accuracy_repeat": correct[mask].float().mean().item(),
+    }
+
+
+@torch.no_grad()
+def head_pattern_scores(
+    model: GPT2LMHeadModel, ids: torch.Tensor, repeat_len: torch.Tensor
+) -> dict[str, dict[str, float]]:
+    """Per-head attention diagnostics on induction data (not a circuit, just patterns).
+
+    ``prev_token``: mean attention from position p to p - 1 (p >= 2).
+    ``induction``: mean attention, from positions in the second copy, to the token after
+    the previous occurrence of the current token (p - L + 1).
+    """
+    model.eval()
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")  # sdpa does not return attention patterns
+    try:
+        attentions = model(input_ids=ids, output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation(previous)
+    n, seq_len = ids.shape
+    pos = torch.arange(seq_len)
+    second_start = (seq_len - repeat_len).unsqueeze(1)  # ids index of the second copy
+    query_mask = pos.expand(n, seq_len) >= second_start  # (n, seq)
+    key_index = (pos.expand(n, seq_len) - repeat_len.unsqueeze(1) + 1).clamp(min=0)
+    out: dict[str, dict[str, float]] = {}
+    for layer, attn in enumerate(attentions):  # (n, heads, q, k)
+        prev = attn[:, :, pos[2:], pos[1:-1]].mean(dim=(0, 2))
+        gathered = torch.gather(attn, 3, key_index[:, None, :, None].expand(-1, attn.shape[1], -1, 1))[..., 0]
+        ind = (gathered * query_mask[:, None]).sum(dim=(0, 2)) / query_mask.sum()
+        for head in range(attn.shape[1]):
+            out[f"a{layer}.h{head}"] = {
+                "prev_token": round(prev[head].item(), 4),
+                "induction": round(ind[head].item(), 4),
+            }
+    return out
+
+
+def _repeat_loss(logits: torch.Tensor, ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the induction targets only (see the module docstring)."""
+    mask = target_mask[:, :-1]
+    return torch.nn.functional.cross_entropy(logits[:, :-1][mask], ids[:, 1:][mask])
+
+
+def _lr_at(step: int, spec: TrainSpec) -> float:
+    """Linear warmup, constant (the induction phase change needs it), then cosine to 10%."""
+    if step < spec.warmup:
+        return spec.lr * (step + 1) / spec.warmup
+    decay_start = int(spec.decay_from * spec.steps)
+    if step < decay_start:
+        return spec.lr
+    progress = (step - decay_start) / max(1, spec.steps - decay_start)
+    return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(seed: int, data: DataSpec, spec: TrainSpec, log_every: int = 250) -> tuple[GPT2LMHeadModel, dict]:
+    """Train from scratch; returns the model (eval mode) and a summary dict."""
+    torch.set_num_threads(spec.threads)
+    torch.manual_seed(seed)
+    model = build_model(data, spec)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=spec.lr,
+        betas=(0.9, 0.98),
+    )
+    train_gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    recent: list[float] = []
+    model.train()
+    for step in range(spec.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, spec)
+        length = int(torch.randint(data.min_len, data.seq_len + 1, (1,), generator=train_gen))
+        ids, _, mask = make_batch(spec.batch_size, data, train_gen, seq_len=length)
+        loss = _repeat_loss(model(input_ids=ids).logits, ids, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        recent = (recent + [loss.item()])[-100:]
+        if log_every and (step + 1) % log_every == 0:
+            print(f"step {step + 1:5d}  loss {sum(recent) / len(recent):.4f}  {time.perf_counter() - start:.1f}s", flush=True)
+    train_seconds = time.perf_counter() - start
+    model.eval()
+    eval_gen = torch.Generator().manual_seed(seed + 1_000_003)
+    ids, repeat_len, mask = make_batch(spec.eval_size, data, eval_gen)
+    metrics = evaluate(model, ids, mask)
+    by_length = {}
+    for length in (16, 32, 48):
+        short_ids, _, short_mask = make_batch(spec.eval_size, data, eval_gen, seq_len=length)
+        by_length[str(length)] = round(evaluate(model, short_ids, short_mask)["accuracy_repeat"], 4)
+    summary = {
+        "seed": seed,
+        "steps": spec.steps,
+        "final_train_loss": round(sum(recent) / max(1, len(recent)), 4),
+        "final_train_loss_note": "cross-entropy on the induction targets, mean of the last 100 steps",
+        "heldout": {k: round(v, 4) for k, v in metrics.items()},
+        "heldout_note": f"{spec.eval_size} fresh full-length ({data.seq_len}) sequences, generator seed = "
+        "seed + 1000003; accuracy_repeat = greedy next-token accuracy on the repeated half (after its "
+        "first token); loss_all includes the unpredictable positions, on which the model is not trained",
+        "heldout_accuracy_by_length": by_length,
+        "train_seconds": round(train_seconds, 1),
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "data": asdict(data),
+        "train": asdict(spec),
+        "head_patterns": head_pattern_scores(model, ids[:256], repeat_len[:256]),
+    }
+    return model, summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """CLI entry point; returns the summary written to ``training.json``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=TrainSpec.steps)
+    parser.add_argument("--batch-size", type=int, default=TrainSpec.batch_size)
+    parser.add_argument("--lr", type=float, default=TrainSpec.lr)
+    parser.add_argument("--eval-size", type=int, default=TrainSpec.eval_size)
+    parser.add_argument(
+        "--threads", type=int, default=TrainSpec.threads, help="torch threads (1 is as fast for this size, and robust on a busy machine)"
+    )
+    args = parser.parse_args(argv)
+    data = DataSpec()
+    spec = TrainSpec(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_size=args.eval_size, threads=args.threads
+    )
+    torch.set_num_threads(spec.threads)
+    model, summary = train(args.seed, data, spec)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    save_fast_tokenizer(build_tokenizer(data.n_content, data.seq_len), out)
+    argv_used = sys.argv[1:] if argv is None else argv
+    summary.update(
+        {
+            "command": "python -m circuits.zoo.train.induction " + shlex.join(argv_used),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "threads": spec.threads,
+        }
+    )
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({k: summary[k] for k in ("final_train_loss", "heldout", "train_seconds")}, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
