@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import bare_forward_backward, best_time, gpt2_small, parser, peak_rss_mb, random_batch  # noqa: E402
+from common import bare_forward_backward, best_time, parser, peak_rss_mb, setup  # noqa: E402
 
-from circuits import TracedModel  # noqa: E402
 from circuits.attribution import attribute  # noqa: E402
 
 
@@ -27,12 +26,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--methods", default="eap,eap-ig-inputs,clean-corrupted")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    model = gpt2_small(args.quick)
-    tm = TracedModel(model)
-    b = random_batch(model.config.vocab_size, args.batch, args.tokens)
-    print(f"model: {model.config.n_layer} layers x {model.config.n_head} heads; edges={tm.graph.n_edges}; "
-          f"batch {args.batch} x {args.tokens}; threads={torch.get_num_threads()}")
+    model, tm, b = setup(args)
     t_bare = best_time(bare_forward_backward(model, b), args.repeats)
     print(f"bare forward+backward      {t_bare * 1e3:8.1f} ms")
     for method in args.methods.split(","):

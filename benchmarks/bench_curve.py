@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import bare_forward, best_time, gpt2_small, parser, peak_rss_mb, random_batch  # noqa: E402
+from common import bare_forward, best_time, parser, peak_rss_mb, setup  # noqa: E402
 
-from circuits import TracedModel  # noqa: E402
 from circuits.attribution import attribute  # noqa: E402
 from circuits.evaluate import MIB_FRACTIONS, curve_masks, faithfulness_curve  # noqa: E402
 from circuits.patching import PatchRunner  # noqa: E402
@@ -42,12 +41,7 @@ def main() -> None:
     p.add_argument("--absolute", action="store_true", help="rank by |score| (CMD curve) instead of signed (CPR)")
     p.set_defaults(repeats=1)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    model = gpt2_small(args.quick)
-    tm = TracedModel(model)
-    b = random_batch(model.config.vocab_size, args.batch, args.tokens)
-    print(f"model: {model.config.n_layer} layers x {model.config.n_head} heads; edges={tm.graph.n_edges}; "
-          f"batch {args.batch} x {args.tokens}; threads={torch.get_num_threads()}; fractions={len(MIB_FRACTIONS)}")
+    model, tm, b = setup(args, extra=f"; fractions={len(MIB_FRACTIONS)}")
     t_bare = best_time(bare_forward(model, b), args.repeats)
     print(f"bare forward                   {t_bare * 1e3:9.1f} ms")
     rss_before = peak_rss_mb()

@@ -76,3 +76,16 @@ def bare_forward_backward(model, batch: Batch) -> Callable[[], object]:
         (-logit_diff(logits, batch).sum()).backward()
 
     return run
+
+
+def setup(args, extra: str = ""):
+    """Model, traced model and batch from the common options; prints the set-up line."""
+    from circuits import TracedModel
+
+    torch.set_num_threads(args.threads)
+    model = gpt2_small(args.quick)
+    tm = TracedModel(model)
+    b = random_batch(model.config.vocab_size, args.batch, args.tokens)
+    print(f"model: {model.config.n_layer} layers x {model.config.n_head} heads, d={model.config.n_embd}; "
+          f"edges={tm.graph.n_edges}; batch {args.batch} x {args.tokens}; threads={torch.get_num_threads()}{extra}")
+    return model, tm, b
