@@ -240,8 +240,6 @@ def load_llama2c_tokenizer(
         eos_token=EOS_TOKEN,
         unk_token=UNK_TOKEN,
         pad_token=UNK_TOKEN,
-        add_bos_token=True,
-        add_eos_token=False,
         clean_up_tokenization_spaces=False,
         **kwargs,
     )

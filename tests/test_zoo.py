@@ -25,9 +25,19 @@ def stories():
     return zoo.load("stories260k")
 
 
+@pytest.fixture(scope="module")
+def induction_model():
+    return zoo.load("induction-2l")
+
+
+@pytest.fixture(scope="module")
+def induction_record() -> dict:
+    return json.loads((zoo.MODELS["induction-2l"].path / "training.json").read_text(encoding="utf-8"))
+
+
 def test_registry() -> None:
     assert zoo.list_models() == sorted(zoo.MODELS)
-    assert {"stories260k", "marker_copy", "rope_induction"} <= set(zoo.list_models())
+    assert {"stories260k", "induction-2l", "marker_copy", "rope_induction"} <= set(zoo.list_models())
     for name, entry in zoo.MODELS.items():
         assert entry.name == name
         assert entry.path.is_dir(), entry.path
@@ -43,7 +53,7 @@ def test_registry() -> None:
 def test_sizes() -> None:
     for entry in zoo.MODELS.values():
         assert _folder_bytes(entry.path) < MAX_MODEL_BYTES, entry.name
-    assert _folder_bytes(ZOO_DIR / "models") <= MAX_ZOO_BYTES
+    assert _folder_bytes(ZOO_DIR) <= MAX_ZOO_BYTES
 
 
 def test_model_cards_exist() -> None:
@@ -60,7 +70,7 @@ def test_every_model_loads(name: str) -> None:
     assert next(model.parameters()).dtype == torch.float32
     assert len(tokenizer) == model.config.vocab_size
     ids = tokenizer("Once upon a time" if name == "stories260k" else "t1 t2 t3", return_tensors="pt").input_ids
-    if name == "stories260k":  # its tokenizer prepends BOS, as llama2.c does
+    if name in ("stories260k", "induction-2l"):  # their tokenizers prepend BOS
         assert ids[0, 0].item() == tokenizer.bos_token_id == model.config.bos_token_id
     with torch.no_grad():
         logits = model(input_ids=ids).logits
@@ -108,6 +118,60 @@ def test_stories260k_tokenizer_matches_asset_conversion(stories) -> None:
     fresh = load_llama2c_tokenizer(zoo.MODELS["stories260k"].path / "tok512.bin", vocab_size=512)
     assert json.loads(fresh.backend_tokenizer.to_str()) == json.loads(tokenizer.backend_tokenizer.to_str())
 
+
+def test_induction_tokenizer_layout(induction_model) -> None:
+    _, tokenizer = induction_model
+    n_special = len(induction.SPECIAL_TOKENS)
+    assert tokenizer.convert_tokens_to_ids(list(induction.SPECIAL_TOKENS)) == list(range(n_special))
+    assert tokenizer("t0 t5 t17").input_ids == [induction.BOS_ID, n_special, n_special + 5, n_special + 17]
+    assert tokenizer.decode([n_special + 3, n_special + 4]) == "t3 t4"
+    assert tokenizer.pad_token_id == induction.PAD_ID
+
+
+def test_induction_accuracy_on_fresh_data(induction_model, induction_record) -> None:
+    """Accuracy on freshly sampled data matches what training.json reports."""
+    model, _ = induction_model
+    data = induction.DataSpec(**induction_record["data"])
+    ids, _, mask = induction.make_batch(512, data, torch.Generator().manual_seed(12345))
+    metrics = induction.evaluate(model, ids, mask)
+    assert metrics["accuracy_repeat"] >= induction_record["heldout"]["accuracy_repeat"] - 0.03
+    assert metrics["loss_repeat"] <= induction_record["heldout"]["loss_repeat"] + 0.15
+    assert induction_record["heldout"]["accuracy_repeat"] > 0.8  # it did learn induction
+
+
+def test_induction_model_on_induction_task(induction_model) -> None:
+    """The task generator (circuits.tasks) with the zoo's options: the model copies the repeat."""
+    from circuits.tasks import load_task
+
+    model, tokenizer = induction_model
+    task = load_task("induction", tokenizer, n=64, seed=3, **zoo.task_options("induction-2l"))
+    clean = torch.tensor(task.clean_ids)
+    corrupted = torch.tensor(task.corrupted_ids)
+    answers = torch.tensor([a[0] for a in task.answers])
+    with torch.no_grad():
+        clean_lp = model(input_ids=clean).logits[:, -1].log_softmax(-1)
+        corrupted_lp = model(input_ids=corrupted).logits[:, -1].log_softmax(-1)
+    assert (clean_lp.argmax(-1) == answers).float().mean() >= 0.95
+    arange = torch.arange(len(answers))
+    assert clean_lp[arange, answers].mean() > corrupted_lp[arange, answers].mean() + 3.0
+
+
+def test_induction_mlps_are_zero(induction_model) -> None:
+    """The MLPs are frozen at zero: every m{l} outputs exactly 0 (attention-only in function)."""
+    model, _ = induction_model
+    for block in model.transformer.h:
+        for param in list(block.mlp.parameters()) + list(block.ln_2.parameters()):
+            assert torch.count_nonzero(param) == 0
+
+
+def test_task_options() -> None:
+    options = zoo.task_options("induction-2l")
+    assert options["prepend_bos"] is True
+    assert len(options["vocab_ids"]) == 60 and min(options["vocab_ids"]) == len(induction.SPECIAL_TOKENS)
+    assert zoo.task_options("stories260k") == {"prepend_bos": True}  # its task is pronoun
+    assert len(zoo.task_options("stories260k", task="induction")["vocab_ids"]) >= 19
+    with pytest.raises(ValueError):
+        zoo.task_options("no-such-model")
 
 
 def test_training_script_smoke(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ Each model is a ``transformers`` folder under ``circuits/zoo/models/<name>/`` ho
 
 >>> from circuits import zoo
 >>> zoo.list_models()
-['marker_copy', 'rope_induction', 'stories260k']
+['induction-2l', 'marker_copy', 'rope_induction', 'stories260k']
 >>> model, tokenizer = zoo.load("stories260k")  # doctest: +SKIP
 """
 
@@ -20,6 +20,8 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 import torch
+import transformers
+from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
@@ -85,6 +87,15 @@ MODELS: Mapping[str, ZooEntry] = MappingProxyType(
                 task_tokens="\u2581[a-z]{2,}",  # word-initial lowercase pieces: "▁the", "▁named", ...
             ),
             ZooEntry(
+                name="induction-2l",
+                description="GPT-2, 2 layers x 4 heads, MLPs zeroed (attention-only), trained on repeated random tokens",
+                folder="models/induction-2l",
+                task="induction",
+                has_ground_truth=False,
+                card="docs/zoo.md#induction-2l",
+                task_tokens="t[0-9]+",  # every content token t0 .. t59
+            ),
+            ZooEntry(
                 name="marker_copy",
                 description="hand-compiled GPT-2: copy the token after a marker; known circuit, distractor heads",
                 folder="planted/marker_copy",
@@ -142,8 +153,10 @@ def load(
     Returns ``(model, tokenizer)``; the model is on ``device``, in ``dtype`` and in eval mode.
     """
     folder = model_path(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
-    model = model.to(device)
+    # transformers renamed `torch_dtype` to `dtype` in 4.56; the package supports both sides
+    dtype_key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **{dtype_key: dtype})
+    model = model.to(device=device, dtype=dtype)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     return model, tokenizer
@@ -164,8 +177,8 @@ def ground_truth_path(name: str) -> Path | None:
 def task_options(name: str, task: str | None = None) -> dict[str, Any]:
     """Keyword arguments for ``circuits.load_task(task, tokenizer, **options)`` on a zoo model.
 
-    ``task`` defaults to the model's own task (``MODELS[name].task``). Both zoo models were
-    trained with a BOS token first, so ``prepend_bos=True`` always. For the token-level
+    ``task`` defaults to the model's own task (``MODELS[name].task``). Every zoo model
+    expects a BOS token first, so ``prepend_bos=True`` always. For the token-level
     ``induction`` task, whose default token pool is a list of English words, the pool is
     the model's own: ``vocab_ids`` = the ids whose vocabulary entry fully matches the
     entry's ``task_tokens`` pattern (read from ``tokenizer.json``).

@@ -6,14 +6,15 @@ out as ``noise (T - 1 - 2L tokens) + segment (L tokens) + the same segment again
 copy are distinct tokens drawn without replacement from ``t0 .. t{N-1}``, so each token of
 the second copy has exactly one earlier occurrence. Only the second copy (after its first
 token) is predictable, and exactly by induction: attend to the token after the previous
-occurrence of the current token and copy it (a previous-token head in layer 0 feeding an
-induction head in layer 1 through K-composition). The loss is the cross-entropy on those
-targets only: the other positions carry no learnable signal.
+occurrence of the current token and copy it. (The textbook circuit is a previous-token head
+in layer 0 feeding an induction head in layer 1; the shipped model learned a shifted variant,
+two layer-0 heads looking back by offsets ``d`` and ``d - 1``: see docs/zoo.md.) The loss is
+the cross-entropy on those targets only: the other positions carry no learnable signal.
 
 Each training batch has its own length ``T``, uniform in ``[min_len, seq_len]``: short
 contexts give the induction head a strong gradient early (with full-length batches only,
-the model sat on a plateau for thousands of steps); evaluation uses full-length
-sequences (``T = seq_len``).
+runs stayed on the loss plateau for as long as they ran, 1,500-3,000 steps); evaluation
+uses full-length sequences (``T = seq_len``).
 
 Attention-only: ``transformers``' GPT-2 always has an MLP per block. Here every MLP
 (``c_fc``, ``c_proj``) and the LayerNorm in front of it (``ln_2``) are set to zero and
@@ -29,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -38,6 +40,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import transformers
@@ -55,6 +58,7 @@ __all__ = [
     "build_model",
     "build_tokenizer",
     "evaluate",
+    "head_ablation_accuracy",
     "head_pattern_scores",
     "main",
     "make_batch",
@@ -89,14 +93,14 @@ class TrainSpec:
     n_head: int = 4
     n_embd: int = 64
     n_inner: int = 4  # MLPs are zero and frozen (see module docstring)
-    steps: int = 4000
+    steps: int = 6000
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.01
     warmup: int = 100
-    decay_from: float = 0.6  # constant LR until this fraction of the steps, then cosine to 10%
+    decay_from: float = 0.75  # constant LR until this fraction of the steps, then cosine to 10%
     eval_size: int = 1024
-    threads: int = 2
+    threads: int = 1  # as fast as 2 for this size; 2 threads stall badly on a shared machine
 
 
 def build_tokenizer(n_content: int, seq_len: int) -> PreTrainedTokenizerFast:
@@ -210,13 +214,19 @@ def evaluate(model: GPT2LMHeadModel, ids: torch.Tensor, target_mask: torch.Tenso
 
 @torch.no_grad()
 def head_pattern_scores(
-    model: GPT2LMHeadModel, ids: torch.Tensor, repeat_len: torch.Tensor
-) -> dict[str, dict[str, float]]:
-    """Per-head attention diagnostics on induction data (not a circuit, just patterns).
+    model: GPT2LMHeadModel, ids: torch.Tensor, repeat_len: torch.Tensor, max_offset: int = 8
+) -> dict[str, dict[str, float | int]]:
+    """Per-head attention diagnostics on induction data (patterns, not a circuit).
 
-    ``prev_token``: mean attention from position p to p - 1 (p >= 2).
-    ``induction``: mean attention, from positions in the second copy, to the token after
-    the previous occurrence of the current token (p - L + 1).
+    For every head, with ``q`` a query position and ``j = q - L`` the previous occurrence
+    of the token at ``q`` (queries in the second copy only, for the ``*_after_prev`` keys):
+
+    * ``prev_token``: mean attention from ``q`` to ``q - 1`` (queries ``q > max_offset``);
+    * ``top_offset`` / ``top_offset_attention``: the offset ``o`` in ``0..max_offset``
+      maximising the mean attention from ``q`` to ``q - o`` (same queries), and that attention;
+    * ``induction``: mean attention to ``j + 1`` (the classic induction target);
+    * ``top_after_prev`` / ``top_after_prev_attention``: the ``delta`` in
+      ``0..max_offset`` maximising the mean attention to ``j + delta``, and that attention.
     """
     model.eval()
     previous = model.config._attn_implementation
@@ -227,19 +237,53 @@ def head_pattern_scores(
         model.set_attn_implementation(previous)
     n, seq_len = ids.shape
     pos = torch.arange(seq_len)
-    second_start = (seq_len - repeat_len).unsqueeze(1)  # ids index of the second copy
-    query_mask = pos.expand(n, seq_len) >= second_start  # (n, seq)
-    key_index = (pos.expand(n, seq_len) - repeat_len.unsqueeze(1) + 1).clamp(min=0)
-    out: dict[str, dict[str, float]] = {}
+    queries = pos.expand(n, seq_len) >= (seq_len - repeat_len).unsqueeze(1)  # second copy
+    out: dict[str, dict[str, float | int]] = {}
     for layer, attn in enumerate(attentions):  # (n, heads, q, k)
-        prev = attn[:, :, pos[2:], pos[1:-1]].mean(dim=(0, 2))
-        gathered = torch.gather(attn, 3, key_index[:, None, :, None].expand(-1, attn.shape[1], -1, 1))[..., 0]
-        ind = (gathered * query_mask[:, None]).sum(dim=(0, 2)) / query_mask.sum()
-        for head in range(attn.shape[1]):
+        n_heads = attn.shape[1]
+        late = pos[max_offset + 1 :]  # queries with every offset available and not next to <bos>
+        by_offset = torch.stack(
+            [attn[:, :, late, late - o].mean(dim=(0, 2)) for o in range(max_offset + 1)]
+        )  # (offsets, heads)
+        by_delta = []
+        for delta in range(max_offset + 1):
+            keys = (pos.expand(n, seq_len) - repeat_len.unsqueeze(1) + delta).clamp(0, seq_len - 1)
+            valid = queries & (keys <= pos)
+            picked = torch.gather(attn, 3, keys[:, None, :, None].expand(-1, n_heads, -1, 1))[..., 0]
+            by_delta.append((picked * valid[:, None]).sum(dim=(0, 2)) / valid.sum().clamp(min=1))
+        by_delta_t = torch.stack(by_delta)  # (deltas, heads)
+        for head in range(n_heads):
+            top_o = int(by_offset[:, head].argmax())
+            top_d = int(by_delta_t[:, head].argmax())
             out[f"a{layer}.h{head}"] = {
-                "prev_token": round(prev[head].item(), 4),
-                "induction": round(ind[head].item(), 4),
+                "prev_token": round(by_offset[1, head].item(), 4),
+                "top_offset": top_o,
+                "top_offset_attention": round(by_offset[top_o, head].item(), 4),
+                "induction": round(by_delta_t[1, head].item(), 4),
+                "top_after_prev": top_d,
+                "top_after_prev_attention": round(by_delta_t[top_d, head].item(), 4),
             }
+    return out
+
+
+@torch.no_grad()
+def head_ablation_accuracy(model: GPT2LMHeadModel, ids: torch.Tensor, target_mask: torch.Tensor) -> dict[str, float]:
+    """Induction accuracy with one head zero-ablated at a time (its output before ``W_O`` set to 0)."""
+    head_dim = model.config.n_embd // model.config.n_head
+    out: dict[str, float] = {}
+    for layer, block in enumerate(model.transformer.h):
+        for head in range(model.config.n_head):
+
+            def zero_head(module: torch.nn.Module, args: tuple, head: int = head) -> tuple:
+                z = args[0].clone()
+                z[..., head * head_dim : (head + 1) * head_dim] = 0
+                return (z,) + tuple(args[1:])
+
+            handle = block.attn.c_proj.register_forward_pre_hook(zero_head)
+            try:
+                out[f"a{layer}.h{head}"] = round(evaluate(model, ids, target_mask)["accuracy_repeat"], 4)
+            finally:
+                handle.remove()
     return out
 
 
@@ -260,10 +304,31 @@ def _lr_at(step: int, spec: TrainSpec) -> float:
     return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+@contextlib.contextmanager
+def _isolated_torch_state(threads: int) -> Iterator[None]:
+    """Use ``threads`` torch threads and a forked global RNG; restore both afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def train(seed: int, data: DataSpec, spec: TrainSpec, log_every: int = 250) -> tuple[GPT2LMHeadModel, dict]:
-    """Train from scratch; returns the model (eval mode) and a summary dict."""
-    torch.set_num_threads(spec.threads)
-    torch.manual_seed(seed)
+    """Train from scratch; returns the model (eval mode) and a summary dict.
+
+    Runs with ``spec.threads`` torch threads and the global RNG seeded with ``seed``
+    (initialisation); both are restored on return. Data come from generators seeded with
+    ``seed`` (training) and ``seed + 1000003`` (held-out evaluation).
+    """
+    with _isolated_torch_state(spec.threads):
+        torch.manual_seed(seed)
+        return _train(seed, data, spec, log_every)
+
+
+def _train(seed: int, data: DataSpec, spec: TrainSpec, log_every: int) -> tuple[GPT2LMHeadModel, dict]:
     model = build_model(data, spec)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -313,7 +378,13 @@ def train(seed: int, data: DataSpec, spec: TrainSpec, log_every: int = 250) -> t
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "data": asdict(data),
         "train": asdict(spec),
-        "head_patterns": head_pattern_scores(model, ids[:256], repeat_len[:256]),
+        "zero_ablation_accuracy_repeat": head_ablation_accuracy(model, ids, mask),
+        "zero_ablation_note": "accuracy_repeat on the held-out set with one head's output zeroed",
+        "head_patterns_note": "head_pattern_scores() on 256 held-out sequences of length 24 and 64",
+        "head_patterns": {
+            str(length): head_pattern_scores(model, *make_batch(256, data, eval_gen, seq_len=length)[:2])
+            for length in (24, data.seq_len)
+        },
     }
     return model, summary
 
@@ -328,14 +399,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lr", type=float, default=TrainSpec.lr)
     parser.add_argument("--eval-size", type=int, default=TrainSpec.eval_size)
     parser.add_argument(
-        "--threads", type=int, default=TrainSpec.threads, help="torch threads (1 is as fast for this size, and robust on a busy machine)"
+        "--threads", type=int, default=TrainSpec.threads, help="torch threads (1: as fast for this size, robust on a busy machine)"
     )
     args = parser.parse_args(argv)
     data = DataSpec()
     spec = TrainSpec(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_size=args.eval_size, threads=args.threads
     )
-    torch.set_num_threads(spec.threads)
     model, summary = train(args.seed, data, spec)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
