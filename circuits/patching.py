@@ -23,6 +23,7 @@ from .attribution import _batches, as_traced, at_answer_position
 from .graph import Graph
 from .metrics import get_metric, is_higher_better
 from .runtime import Prefix, RunOutput, TracedModel
+from .single_edge import single_edge_metric_values
 from .tasks.base import Batch, Task
 
 ABLATIONS = ("patching", "mean", "zero")
@@ -219,8 +220,10 @@ def exact_edge_effects(
 
     ``effect_e = badness(base minus e) - badness(base)``: for logit difference that is
     ``m(base) - m(base without e)``, the quantity EAP approximates. ``base_mask`` defaults to
-    the full graph. Masks are evaluated ``max_rows // batch`` at a time, and each edge's run
-    resumes at its receiver's layer from a recorded base run (earlier layers are unchanged).
+    the full graph. Edges are evaluated ``max_rows // batch`` at a time. Against the full
+    graph only the edge's receiver node is recomputed, then the later layers
+    (:mod:`circuits.single_edge`); against another base mask each edge's patched run resumes
+    at its receiver's layer from a recorded base run (earlier layers are unchanged).
     """
     r = runner or PatchRunner(model, data, metric, ablation, batch_size, max_rows)
     g = r.graph
@@ -234,9 +237,12 @@ def exact_edge_effects(
     else:
         idx = g.edge_index(list(edges))
     base_bad = float(r.badness(r.metric_values(base[None]))[0])
+    out = torch.full((g.n_edges,), float("nan"))
+    if bool((base > 0.5).all()):  # the usual case: one edge removed from the full graph
+        out[idx] = r.badness(single_edge_metric_values(r, idx, progress)) - base_bad
+        return out
     prefixes = r.base_runs(base)
     layer_of_edge = r.receiver_layers()[g.edge_receiver[idx]]
-    out = torch.full((g.n_edges,), float("nan"))
     for layer in layer_of_edge.unique().tolist():
         # edges into layer `layer` leave every earlier layer as in the base run: resume there
         sel = idx[layer_of_edge == layer]

@@ -208,7 +208,17 @@ class TracedModel(nn.Module):
             resid = resume.resid.repeat(K, 1, 1) if K > 1 else resume.resid
         resids = [] if record_resid else None
         rot = a.rotary(resid, position_ids)
+        # Nothing patched, recorded or probed, and only the answer positions' logits wanted:
+        # the last layer need only run its queries and MLP there (keys/values still see all).
+        tail = (logit_positions is not None and W is None and not record and not record_resid
+                and on_grad is None and sender_hook is None and not input_requires_grad)
+        answer_pos = None
+        if tail:
+            answer_pos = logit_positions.to(dev).long().repeat(K)
         for layer in range(start, g.n_layers):
+            if tail and layer == g.n_layers - 1:
+                resid = self._answer_layer(layer, resid, rot, mask, answer_pos)  # [B', 1, d]
+                break
             if resids is not None:
                 resids.append(resid)
             s_heads0, s_heads1 = self.heads_senders(layer)
@@ -250,11 +260,39 @@ class TracedModel(nn.Module):
         R = g.n_receivers
         x_out = state.receiver_input(resid, R - 1, R, n_senders=g.n_senders)
         final = resid if x_out is None else x_out[0]
-        if logit_positions is not None:
+        if logit_positions is not None and not (tail and start < g.n_layers):
             pos = logit_positions.to(dev).long().repeat(K)
             final = final[torch.arange(final.shape[0], device=dev), pos][:, None]  # [B', 1, d]
         logits = a.unembed(final)
         return RunOutput(logits, state.recorded() if record else None, state.leaves, resids)
+
+    def _answer_layer(
+        self, layer: int, resid: torch.Tensor, rot, mask: torch.Tensor, pos: torch.Tensor
+    ) -> torch.Tensor:
+        """Layer ``layer`` computed at one position per row: ``resid`` [B', P, d] -> [B', 1, d].
+
+        Keys and values come from every position; queries, the output projection and the
+        MLP run at ``pos`` ([B']) only. Used for the last layer when only answer logits count.
+        """
+        a, H = self.adapter, self.graph.n_heads
+        rows = torch.arange(resid.shape[0], device=resid.device)
+        h = a.attn_norm(layer)(resid)
+        q, k, v = a.project_qkv(layer, h[rows, pos][:, None], h, h)  # q: [B', H, 1, dh]
+        if k.shape[1] != H:
+            rep = H // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        if rot is not None:
+            cos, sin = rot
+            q = apply_rotary(q, cos[rows, pos][:, None], sin[rows, pos][:, None])
+            k = apply_rotary(k, cos, sin)
+        ctx = a.attend(layer, q, k, v, mask[rows, :, pos][:, :, None], q_pos=pos[:, None])
+        z, b_O = a.head_outputs(layer, ctx)  # [H, B', 1, d]
+        attn_out = z.sum(0) if b_O is None else z.sum(0) + b_O
+        x = resid[rows, pos][:, None]  # [B', 1, d]
+        if self.graph.parallel_attn_mlp:
+            return x + attn_out + a.mlp(layer)(a.mlp_norm(layer)(x))
+        x = x + attn_out
+        return x + a.mlp(layer)(a.mlp_norm(layer)(x))
 
     def _patch_weights(self, patch: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
         """Normalise ``patch`` to dense float ``[K, S, R]`` (None = no patching)."""

@@ -13,8 +13,9 @@ from circuits.patching import (
     path_patching,
     path_patching_grid,
 )
+from circuits.tasks.base import Batch
 from test_attribution import make_batch
-from tiny_models import tiny_model
+from tiny_models import FAMILIES, VOCAB, random_batch, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,43 @@ def test_exact_effects_equal_slow_reference(setup):
     eff = exact_edge_effects(tm, data, "logit_diff", max_rows=16)  # small chunks: many forwards
     for e in torch.linspace(0, tm.graph.n_edges - 1, 12).long().tolist():
         assert abs(eff[e].item() - slow_effect(tm, data[0], e)) < 1e-5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("ablation,metric", [("patching", "logit_diff"), ("mean", "kl_div")])
+def test_sparse_exact_effects_equal_patched_forward(family, ablation, metric):
+    """The sparse single-edge path (one node recomputed, later layers plain, last layer at the
+    answer positions) equals the general patched forward with a one-hot mask per edge, for
+    every family, with left padding and answers at different positions."""
+    tm = TracedModel(tiny_model(family))
+    clean, corr, mask = random_batch(B=3, P=9)
+    g = torch.Generator().manual_seed(7)
+    batch = Batch(clean, corr, mask, torch.randint(0, VOCAB, (3, 1), generator=g),
+                  torch.randint(0, VOCAB, (3, 1), generator=g), answer_pos=torch.tensor([8, 5, 8]))
+    runner = PatchRunner(tm, [batch], metric, ablation=ablation, max_rows=8)  # chunks of 2 edges
+    eff = exact_edge_effects(tm, [batch], runner=runner)
+    E = tm.graph.n_edges
+    dense = runner.metric_values(torch.cat([torch.ones(1, E), 1 - torch.eye(E)]))
+    ref = runner.badness(dense[1:]) - runner.badness(dense[:1])
+    scale = float(ref.abs().max())
+    assert torch.isfinite(eff).all()
+    atol = 1e-5 if metric == "logit_diff" else 2e-6  # float32 noise of log-probabilities ~ 1e-7
+    assert scale > 50 * atol  # the comparison is not between zeros
+    assert (eff - ref).abs().max() <= atol, (scale, float((eff - ref).abs().max()))
+
+
+def test_exact_effects_under_base_mask(setup):
+    """With a base mask (edges already removed) each effect is taken against that circuit."""
+    tm, data = setup
+    E = tm.graph.n_edges
+    base = (torch.rand(E, generator=torch.Generator().manual_seed(1)) > 0.3).float()
+    edges = base.nonzero().flatten()[::7]
+    eff = exact_edge_effects(tm, data, "logit_diff", edges=edges, base_mask=base)
+    r = PatchRunner(tm, data, "logit_diff")
+    masks = base.repeat(len(edges), 1)
+    masks[torch.arange(len(edges)), edges] = 0
+    ref = r.badness(r.metric_values(masks)) - r.badness(r.metric_values(base[None]))
+    assert (eff[edges] - ref).abs().max() < 1e-5
 
 
 def test_exact_effects_subset_and_names(setup):

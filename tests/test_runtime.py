@@ -35,6 +35,25 @@ def test_traced_forward_reproduces_transformers(family):
         assert (tm.run(ids).logits - model(ids).logits).abs().max() <= TOL
 
 
+def test_answer_position_logits_equal_full_run(family):
+    """With logit_positions and nothing patched, the last layer runs at those positions only
+    (queries, output, MLP); the logits must equal the full run's at the same positions, also
+    with left padding, sliding windows and resuming from a recorded prefix."""
+    _, model, tm = family
+    clean, _, mask = random_batch(P=12)
+    pos = torch.tensor([11, 7, 11, 3])[: clean.shape[0]].clamp(max=clean.shape[1] - 1)
+    with torch.no_grad():
+        full = tm.run(clean, mask, record=True, record_resid=True)
+        at = tm.run(clean, mask, logit_positions=pos).logits
+        rows = torch.arange(clean.shape[0])
+        assert at.shape == (clean.shape[0], 1, full.logits.shape[-1])
+        assert (at[:, 0] - full.logits[rows, pos]).abs().max() <= TOL
+        last = tm.graph.n_layers - 1
+        from circuits.runtime import Prefix
+        resumed = tm.run(clean, mask, logit_positions=pos, resume=Prefix(last, full.resid[last], full.senders)).logits
+        assert (resumed - at).abs().max() <= TOL
+
+
 def test_all_edges_patched_reproduces_corrupted_run(family):
     _, model, tm = family
     clean, corr, mask = random_batch()

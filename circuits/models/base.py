@@ -148,14 +148,28 @@ class Adapter:
         return q, k, v
 
     def attend(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor,
+        q_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Scaled dot-product attention; ``mask`` is bool ``[B, 1, P, P]`` (True = attend)."""
+        """Scaled dot-product attention; ``mask`` is bool ``[B, 1, Pq, P]`` (True = attend).
+
+        ``q_pos``: ``[B, Pq]`` positions of the queries when they are not ``0..P-1`` (queries
+        at the answer positions only); needed for sliding windows.
+        """
         window = self.attn_window(layer)
-        if window is not None and window < q.shape[-2]:
-            P = q.shape[-2]
-            i = torch.arange(P, device=q.device)
-            mask = mask & ((i[:, None] - i[None, :]) < window)
+        P = k.shape[-2]
+        if window is not None and window < P:
+            j = torch.arange(P, device=q.device)
+            if q_pos is None:
+                near = (j[:, None] - j[None, :]) < window  # [P, P]
+            else:
+                near = ((q_pos[:, :, None] - j[None, None, :]) < window)[:, None]  # [B, 1, Pq, P]
+            mask = mask & near
         scale = self.attn_scale(layer)
         if q.dtype != torch.float32 and self.upcast_attention:
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=scale)

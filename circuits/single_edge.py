@@ -1,0 +1,192 @@
+"""Exact single-edge effects by sparse recomputation.
+
+Patching one edge ``s -> v`` of the full graph changes one receiver's input, hence one
+node's output (a head, or an MLP); everything before that node's layer is the clean run's.
+So instead of a patched forward per edge (every layer, every receiver's input rebuilt from
+the sender buffer), each edge costs:
+
+* its receiver node recomputed from ``in_v - (z_s - z_s^ref)``: one head's q, k or v
+  projection and attention with the other two taken from the clean run, or one MLP;
+* for a head in a sequential block, that layer's MLP on the changed residual;
+* the later layers as a plain forward of ``K`` edges x ``B`` examples stacked in the batch,
+  the last layer at the answer positions only (``TracedModel.run`` does that when nothing
+  is patched); for edges into the logits, only the final norm and unembedding.
+
+Edges into one layer are evaluated together, ``max_rows // B`` edges per forward, whatever
+their receivers: the per-edge weights are gathered, so no Python loop runs over edges.
+The results equal one patched forward per edge (tests/test_patching.py checks every family).
+
+Shapes: K edges in a chunk, B examples, P positions, d model width, H heads, dh head width.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+import torch
+
+from .attribution import at_answer_position
+from .models.base import apply_rotary
+from .runtime import Prefix, causal_mask, default_position_ids
+
+if TYPE_CHECKING:
+    from .patching import PatchRunner, _Prepared
+
+__all__ = ["single_edge_metric_values"]
+
+
+def single_edge_metric_values(runner: PatchRunner, edges: torch.Tensor, progress: bool = False) -> torch.Tensor:
+    """Mean metric over the runner's data with each edge of ``edges`` ([n] indices) patched alone.
+
+    Only the full graph as base (every other edge kept). Returns ``[n]`` float32, in the
+    order of ``edges``.
+    """
+    tm, g = runner.tm, runner.graph
+    edges = edges.long().flatten()
+    layer_of = runner.receiver_layers()[g.edge_receiver[edges]]
+    order = torch.argsort(layer_of * g.n_receivers + g.edge_receiver[edges], stable=True)
+    total = torch.zeros(len(edges), dtype=torch.float64)
+    work = []
+    for p in runner.prepared:
+        per = max(1, runner.max_rows // len(p.batch))
+        for layer in layer_of.unique().tolist():
+            sel = order[layer_of[order] == layer]
+            for k0 in range(0, len(sel), per):
+                work.append((p, layer, sel[k0:k0 + per]))
+    it: Iterable = work
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(work, desc="exact effects", unit="chunk")
+    base_cache: dict[int, _Base] = {}
+    with torch.no_grad():
+        for p, layer, sel in it:
+            base = base_cache.get(id(p))
+            if base is None:
+                base_cache.clear()  # one prepared batch at a time: work is batch-major
+                base = base_cache[id(p)] = _Base(runner, p)
+            logits = base.patched_logits(layer, edges[sel])  # [n * B, 1, V]
+            n, b = len(sel), p.batch
+            batch = at_answer_position(_repeat(b, n))
+            vals = runner.metric(logits, batch, p.clean_logits.repeat(n, 1, 1)).float().view(n, len(b))
+            total[sel] += vals.sum(1).double().cpu()
+    return (total / runner.n_examples).float()
+
+
+def _repeat(b, n: int):
+    from .patching import _repeat_batch
+
+    return _repeat_batch(b, n)
+
+
+class _Base:
+    """One prepared batch's clean run, with per-layer pieces cached as they are needed."""
+
+    def __init__(self, runner: PatchRunner, p: _Prepared) -> None:
+        self.tm, self.p = runner.tm, p
+        b = p.batch
+        run = self.tm.run(b.clean, b.attention_mask, record=True, record_resid=True)
+        self.z = run.senders  # [S, B, P, d]
+        self.resid = run.resid  # L + 1 tensors [B, P, d]
+        self.ref = p.reference  # [S, B or 1, P or 1, d]
+        B, P = b.clean.shape
+        dev = b.clean.device
+        self.mask = causal_mask(b.attention_mask, B, P, dev)  # [B, 1, P, P]
+        self.rot = self.tm.adapter.rotary(self.resid[0], default_position_ids(b.attention_mask, B, P, dev))
+        self.layer_cache: dict[int, dict[str, torch.Tensor]] = {}
+
+    def delta(self, senders: torch.Tensor) -> torch.Tensor:
+        """``z_s - z_s^ref`` for each sender: ``[K, B, P, d]``."""
+        return self.z[senders] - self.ref[senders]
+
+    def layer(self, layer: int) -> dict[str, torch.Tensor]:
+        """The clean run's q, k, v of every head at ``layer`` (``[B, H, P, dh]``, rotary applied)."""
+        if layer not in self.layer_cache:
+            a, H = self.tm.adapter, self.tm.graph.n_heads
+            h = a.attn_norm(layer)(self.resid[layer])
+            q, k, v = a.project_qkv(layer, h, h, h)
+            if k.shape[1] != H:
+                rep = H // k.shape[1]
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            if self.rot is not None:
+                q, k = apply_rotary(q, *self.rot), apply_rotary(k, *self.rot)
+            self.layer_cache = {layer: {"q": q, "k": k, "v": v}}  # keep one layer only
+        return self.layer_cache[layer]
+
+    def patched_logits(self, layer: int, edges: torch.Tensor) -> torch.Tensor:
+        """Answer-position logits ``[K * B, 1, V]`` with each of the K ``edges`` (into ``layer``) patched alone."""
+        tm, g, b = self.tm, self.tm.graph, self.p.batch
+        B, P = b.clean.shape
+        K = len(edges)
+        senders, receivers = g.edge_sender[edges], g.edge_receiver[edges]
+        delta = self.delta(senders.to(self.z.device))  # [K, B, P, d]
+        rows = torch.arange(K * B, device=self.z.device)
+        pos = b.answer_pos.long().repeat(K)
+        if layer == g.n_layers:  # the logits receiver reads the final residual
+            final = (self.resid[-1][None] - delta).reshape(K * B, P, -1)
+            return tm.adapter.unembed(final[rows, pos][:, None])
+        new = self._node_patched(layer, receivers.to(self.z.device) - tm.attn_receivers(layer)[0], delta)
+        if layer == g.n_layers - 1:  # nothing after this layer: the final residual is known
+            return tm.adapter.unembed(new.reshape(K * B, P, -1)[rows, pos][:, None])
+        resume = Prefix(layer + 1, new.reshape(K * B, P, -1), self.z)
+        return tm.run(b.clean.repeat(K, 1), b.attention_mask.repeat(K, 1), logit_positions=pos, resume=resume).logits
+
+    def _node_patched(self, layer: int, local: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Residual after ``layer`` ([K, B, P, d]) when receiver ``local[k]`` of the layer reads
+        its input minus ``delta[k]``.
+
+        ``local``: [K] receiver index within the layer (``3 * head + {0: q, 1: k, 2: v}``, or
+        ``3 * H`` for the MLP).
+        """
+        tm, a = self.tm, self.tm.adapter
+        H = tm.graph.n_heads
+        mlp_s = tm.mlp_sender(layer)
+        m_base = self.z[mlp_s]  # [B, P, d]
+        parallel = tm.graph.parallel_attn_mlp
+        mlp_in = self.resid[layer] if parallel else self.resid[layer + 1] - m_base  # the MLP's clean input
+        new = self.resid[layer + 1].expand(len(local), *m_base.shape).clone()
+        is_mlp = local == 3 * H
+        if bool(is_mlp.any()):
+            m = a.mlp(layer)(a.mlp_norm(layer)(mlp_in[None] - delta[is_mlp]))
+            new[is_mlp] += m - m_base
+        att = (~is_mlp).nonzero().flatten()
+        if len(att):
+            d_out = self._head_patched(layer, local[att] // 3, local[att] % 3, delta[att])  # [Ka, B, P, d]
+            if parallel:
+                new[att] += d_out
+            else:
+                m = a.mlp(layer)(a.mlp_norm(layer)(mlp_in[None] + d_out))
+                new[att] += d_out + m - m_base
+        return new
+
+    def _head_patched(self, layer: int, heads: torch.Tensor, comp: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Change of head ``heads[k]``'s output ([K, B, P, d]) when its q/k/v input (``comp[k]``
+        = 0/1/2) reads the clean residual minus ``delta[k]``."""
+        tm, a = self.tm, self.tm.adapter
+        H = tm.graph.n_heads
+        w = a.attn_weights(layer)
+        x = a.attn_norm(layer)(self.resid[layer][None] - delta)  # [K, B, P, d]
+        kv = heads // (H // w.W_K.shape[0])  # GQA: the key/value head a query head reads
+        W = torch.where(
+            (comp == 0)[:, None, None], w.W_Q[heads], torch.where((comp == 1)[:, None, None], w.W_K[kv], w.W_V[kv])
+        )  # [K, d, dh]
+        y = torch.einsum("kbpd,kde->bkpe", x, W)  # [B, K, P, dh]
+        if any(t is not None for t in (w.b_Q, w.b_K, w.b_V)):
+
+            def rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
+                return torch.zeros(len(idx), y.shape[-1], dtype=y.dtype, device=y.device) if t is None else t[idx]
+
+            c = comp[:, None]
+            bias = torch.where(c == 0, rows(w.b_Q, heads), torch.where(c == 1, rows(w.b_K, kv), rows(w.b_V, kv)))
+            y = y + bias[None, :, None, :]  # [K, dh] -> broadcast over B, P
+        if self.rot is not None:  # queries and keys are rotated, values are not
+            y = torch.where((comp == 2)[None, :, None, None], y, apply_rotary(y, *self.rot))
+        base = self.layer(layer)
+        c = comp[None, :, None, None]
+        q = torch.where(c == 0, y, base["q"][:, heads])
+        k = torch.where(c == 1, y, base["k"][:, heads])
+        v = torch.where(c == 2, y, base["v"][:, heads])
+        ctx = a.attend(layer, q, k, v, self.mask)  # [B, K, P, dh]: the K patched heads side by side
+        out = torch.einsum("bkpe,ked->kbpd", ctx, w.W_O[heads])
+        s0 = tm.heads_senders(layer)[0]
+        return out - self.z[s0 + heads]
