@@ -416,12 +416,16 @@ class _State:
         w = self.tm.adapter.attn_weights(layer)
         H = qkv[0].shape[1]
         dev = resid.device
+        # The hooks must not reference this _State: it holds the run's activations, and a
+        # cycle through an autograd node is never collected (it leaked every pass's
+        # activations until the caller's job ended).
+        cb = self.on_grad
         for c, (t, W) in enumerate(zip(qkv, (w.W_Q, w.W_K, w.W_V))):
             idx = r0 + 3 * torch.arange(H, device=dev) + c
 
             def hook(grad: torch.Tensor, W=W, idx=idx) -> None:
                 g_in = _head_input_grad(grad, W.detach())  # [H, B', P, d], post-norm
-                self.on_grad(idx, n_senders, batched_vjp(g_in)[0])
+                cb(idx, n_senders, batched_vjp(g_in)[0])
 
             t.register_hook(hook)
 
