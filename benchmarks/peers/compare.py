@@ -184,6 +184,9 @@ def _to_tl(torch, model, spec: dict, params_require_grad: bool = False):
 
     tok = AutoTokenizer.from_pretrained(spec["tokenizer_dir"])
     cfg = loading.get_pretrained_model_config(spec["model_dir"], fold_ln=False, device="cpu", dtype=torch.float32)
+    n_inner = getattr(model.config, "n_inner", None)
+    if model.config.model_type == "gpt2" and n_inner:  # TL's GPT-2 converter assumes d_mlp = 4 d_model
+        cfg.d_mlp = int(n_inner)
     sd = loading.get_pretrained_state_dict(spec["model_dir"], cfg, model, dtype=torch.float32)
     tl = HookedTransformer(cfg, tok, move_to_device=False, default_padding_side="right")
     tl.load_and_process_state_dict(
@@ -674,7 +677,8 @@ def report(args, inputs: dict, results: dict) -> str:
             r = results[key]
             impl = METHODS[key][1]
             if not r.get("ok"):
-                rows.append([fam, impl, r.get("error", "not available"), "", "", "", "", "", "", "", "", ""])
+                why = " ".join(str(r.get("error", "not available")).split())  # one table row: no newlines
+                rows.append([fam, impl, why[:240], "", "", "", "", "", "", "", "", ""])
                 continue
             ratio_w = ratio_c = pr = sp = scale = None
             if key != ok_key and ours and ours.get("ok"):
