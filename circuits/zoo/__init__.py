@@ -6,7 +6,7 @@ Each model is a ``transformers`` folder under ``circuits/zoo/models/<name>/`` ho
 
 >>> from circuits import zoo
 >>> zoo.list_models()
-['induction-2l', 'marker_copy', 'rope_induction', 'stories260k']
+['greater-than-2l', 'induction-2l', 'ioi-3l', 'marker_copy', 'rope_induction', 'stories260k']
 >>> model, tokenizer = zoo.load("stories260k")  # doctest: +SKIP
 """
 
@@ -94,6 +94,22 @@ MODELS: Mapping[str, ZooEntry] = MappingProxyType(
                 has_ground_truth=False,
                 card="docs/zoo.md#induction-2l",
                 task_tokens="t[0-9]+",  # every content token t0 .. t59
+            ),
+            ZooEntry(
+                name="ioi-3l",
+                description="GPT-2, 3 layers x 4 heads, d = 64, with MLPs, trained on IOI sentences (indirect object)",
+                folder="models/ioi-3l",
+                task="ioi",
+                has_ground_truth=False,
+                card="docs/zoo.md#ioi-3l",
+            ),
+            ZooEntry(
+                name="greater-than-2l",
+                description="GPT-2, 2 layers x 4 heads with MLPs, trained on greater-than prompts (years split XX|YY)",
+                folder="models/greater-than-2l",
+                task="greater-than",
+                has_ground_truth=False,
+                card="docs/zoo.md#greater-than-2l",
             ),
             ZooEntry(
                 name="marker_copy",
