@@ -223,9 +223,12 @@ class TracedModel(nn.Module):
                 resids.append(resid)
             s_heads0, s_heads1 = self.heads_senders(layer)
             r0, r1 = self.attn_receivers(layer)
-            x_attn = state.receiver_input(resid, r0, r1, n_senders=s_heads0, shared_probe=True)
             norm = a.attn_norm(layer)
-            if x_attn is None:  # every q/k/v input is the shared residual
+            qkv = state.split_qkv(layer, resid, r0, r1, s_heads0) if state.buffered else None
+            x_attn = None if qkv is not None else state.receiver_input(resid, r0, r1, n_senders=s_heads0, shared_probe=True)
+            if qkv is not None:  # few receivers read their own input: shared projections + those few
+                q, k, v = qkv
+            elif x_attn is None:  # every q/k/v input is the shared residual
                 h = norm(resid)
                 q, k, v = a.project_qkv(layer, h, h, h)
                 if k.shape[1] != H:  # GQA on the shared path: repeat kv heads to query heads
@@ -362,6 +365,62 @@ class _State:
             zc = self.corrupted[s0:s1].to(z.dtype)
             self.deltas[gi] = z - zc if shared else z.reshape(n, self.K, self.B, P, d) - zc.unsqueeze(1)
         return self.deltas[gi]
+
+    #: above this share of q/k/v receivers with a partly patched input, every receiver gets its
+    #: own input (one batched matmul) instead of the shared-input split below
+    MIXED_SHARE_DENSE = 0.6
+
+    def split_qkv(self, layer: int, resid: torch.Tensor, r0: int, r1: int, n: int):
+        """q, k, v (``[B', H, P, dh]``, k/v per query head, before rotary) of a patched layer, or
+        None when the dense per-receiver path is as cheap.
+
+        Per mask, a q/k/v receiver is *kept* (no incoming edge patched: it reads ``resid``),
+        *removed* (every incoming edge patched with weight 1: it reads ``resid - Σ_s Δ_s``, the
+        same for all such receivers), or *mixed*. Kept and removed receivers share two
+        normalised inputs projected for all heads at once; only mixed receivers get their own
+        input (``resid`` minus their weighted deltas), norm and projection. Circuits far from
+        the full or the empty graph have few mixed receivers, so a patched layer costs little
+        more than a plain one.
+        """
+        K, B, H = self.K, self.B, self.tm.graph.n_heads
+        Wl = self.W[:, :n, r0:r1]  # [K, n, 3H]
+        touched = Wl.ne(0).any(1)  # [K, 3H]
+        if not bool(touched.any()):
+            return None  # unpatched layer: the shared path (which also serves probes)
+        removed = Wl.eq(1).all(1)
+        mixed = touched & ~removed
+        if float(mixed.float().mean()) > self.MIXED_SHARE_DENSE:
+            return None
+        a = self.tm.adapter
+        norm = a.attn_norm(layer)
+        Bp, P, d = resid.shape
+
+        def shared(x: torch.Tensor):
+            h = norm(x)
+            q, k, v = a.project_qkv(layer, h, h, h)
+            if k.shape[1] != H:
+                rep = H // k.shape[1]
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            return [q, k, v]
+
+        out = shared(resid)  # [B', H, P, dh] each
+        rows = lambda m: m.repeat_interleave(B, 0)[:, :, None, None]  # noqa: E731  [K, H] -> [B', H, 1, 1]
+        cls = removed.view(K, H, 3)
+        if bool(removed.any()):
+            D = self.buffer[:, :n].sum(1)  # [K, B*P*d]: Σ_s Δ_s, what a fully patched receiver loses
+            gone = shared((resid.reshape(K, -1) - D).view(Bp, P, d))
+            out = [torch.where(rows(cls[:, :, c]), gone[c], out[c]) for c in range(3)]
+        if bool(mixed.any()):
+            for k in mixed.any(1).nonzero().flatten().tolist():  # masks, not edges
+                rr = mixed[k].nonzero().flatten()  # this mask's mixed receivers (local index 3h + c)
+                corr = Wl[k][:, rr].t() @ self.buffer[k, :n]  # [m, B*P*d]
+                x = (resid[k * B:(k + 1) * B].reshape(1, -1) - corr).view(len(rr), B, P, d)
+                y = a.project_heads(layer, norm(x), rr // 3, rr % 3)  # [m, B, P, dh]
+                for c in range(3):
+                    sel = rr % 3 == c
+                    if bool(sel.any()):
+                        out[c][k * B:(k + 1) * B, rr[sel] // 3] = y[sel].transpose(0, 1)
+        return tuple(out)
 
     def receiver_input(
         self, resid: torch.Tensor, r0: int, r1: int, n_senders: int, shared_probe: bool = False

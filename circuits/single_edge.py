@@ -163,22 +163,8 @@ class _Base:
         """Change of head ``heads[k]``'s output ([K, B, P, d]) when its q/k/v input (``comp[k]``
         = 0/1/2) reads the clean residual minus ``delta[k]``."""
         tm, a = self.tm, self.tm.adapter
-        H = tm.graph.n_heads
-        w = a.attn_weights(layer)
         x = a.attn_norm(layer)(self.resid[layer][None] - delta)  # [K, B, P, d]
-        kv = heads // (H // w.W_K.shape[0])  # GQA: the key/value head a query head reads
-        W = torch.where(
-            (comp == 0)[:, None, None], w.W_Q[heads], torch.where((comp == 1)[:, None, None], w.W_K[kv], w.W_V[kv])
-        )  # [K, d, dh]
-        y = torch.einsum("kbpd,kde->bkpe", x, W)  # [B, K, P, dh]
-        if any(t is not None for t in (w.b_Q, w.b_K, w.b_V)):
-
-            def rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
-                return torch.zeros(len(idx), y.shape[-1], dtype=y.dtype, device=y.device) if t is None else t[idx]
-
-            c = comp[:, None]
-            bias = torch.where(c == 0, rows(w.b_Q, heads), torch.where(c == 1, rows(w.b_K, kv), rows(w.b_V, kv)))
-            y = y + bias[None, :, None, :]  # [K, dh] -> broadcast over B, P
+        y = a.project_heads(layer, x, heads, comp).transpose(0, 1)  # [B, K, P, dh]
         if self.rot is not None:  # queries and keys are rotated, values are not
             y = torch.where((comp == 2)[None, :, None, None], y, apply_rotary(y, *self.rot))
         base = self.layer(layer)
@@ -187,6 +173,6 @@ class _Base:
         k = torch.where(c == 1, y, base["k"][:, heads])
         v = torch.where(c == 2, y, base["v"][:, heads])
         ctx = a.attend(layer, q, k, v, self.mask)  # [B, K, P, dh]: the K patched heads side by side
-        out = torch.einsum("bkpe,ked->kbpd", ctx, w.W_O[heads])
+        out = torch.einsum("bkpe,ked->kbpd", ctx, a.attn_weights(layer).W_O[heads])
         s0 = tm.heads_senders(layer)[0]
         return out - self.z[s0 + heads]

@@ -54,6 +54,32 @@ def test_answer_position_logits_equal_full_run(family):
         assert (resumed - at).abs().max() <= TOL
 
 
+def test_receiver_classes_equal_per_receiver_path(family):
+    """Without autograd, a patched layer splits its q/k/v receivers into kept / fully patched /
+    mixed (own input); it must equal the per-group einsum path used under autograd."""
+    _, model, tm = family
+    clean, corr, mask = random_batch()
+    g = tm.graph
+    gen = torch.Generator().manual_seed(0)
+    K = 5
+    W = torch.zeros(K, g.n_senders, g.n_receivers)
+    for k in range(2, K):  # masks 0 (nothing patched) and 1 (everything) are the extremes
+        kind = torch.randint(0, 3, (g.n_receivers,), generator=gen)
+        W[k][:, kind == 1] = 1.0
+        mixed = kind == 2
+        W[k][:, mixed] = (torch.rand(g.n_senders, int(mixed.sum()), generator=gen) < 0.5).float()
+    W[1] = 1.0
+    W[4][W[4] == 1] = 0.5  # fractional weights are mixed, not removed
+    with torch.no_grad():
+        zc = tm.run(corr, mask, record=True).senders
+        fast = tm.run(clean, mask, corrupted=zc, patch=W).logits
+    with torch.enable_grad():  # not buffered: one einsum per sender group and receiver group
+        ref = tm.run(clean, mask, corrupted=zc, patch=W).logits.detach()
+    real = mask.bool().repeat(K, 1)
+    assert (fast - ref)[real].abs().max() <= TOL
+    assert (ref[:3] - ref[6:9])[mask.bool()].abs().max() > 1e-3  # the masks do differ
+
+
 def test_all_edges_patched_reproduces_corrupted_run(family):
     _, model, tm = family
     clean, corr, mask = random_batch()

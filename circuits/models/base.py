@@ -147,6 +147,28 @@ class Adapter:
         v = _proj(xv, w.W_V, w.b_V)
         return q, k, v
 
+    def project_heads(self, layer: int, x: torch.Tensor, heads: torch.Tensor, comp: torch.Tensor) -> torch.Tensor:
+        """One projection per row: ``x[m]`` (normalised, ``[m, B, P, d]``) through head ``heads[m]``'s
+        q, k or v weights (``comp[m]`` = 0, 1, 2), bias included, no rotary -> ``[m, B, P, dh]``.
+
+        ``heads`` are query heads; with GQA a query head's k/v use its group's weights.
+        """
+        w = self.attn_weights(layer)
+        H = self.n_heads
+        kv = heads // (H // w.W_K.shape[0])
+        c = comp[:, None, None]
+        W = torch.where(c == 0, w.W_Q[heads], torch.where(c == 1, w.W_K[kv], w.W_V[kv]))  # [m, d, dh]
+        y = torch.einsum("mbpd,mde->mbpe", x, W)
+        if any(t is not None for t in (w.b_Q, w.b_K, w.b_V)):
+
+            def rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
+                return torch.zeros(len(idx), y.shape[-1], dtype=y.dtype, device=y.device) if t is None else t[idx]
+
+            c = comp[:, None]
+            bias = torch.where(c == 0, rows(w.b_Q, heads), torch.where(c == 1, rows(w.b_K, kv), rows(w.b_V, kv)))
+            y = y + bias[:, None, None, :]
+        return y
+
     def attend(
         self,
         layer: int,
