@@ -119,8 +119,10 @@ def patched_metrics(runner: PatchRunner, masks: torch.Tensor, metrics: Mapping[s
 
     Same machinery as :meth:`PatchRunner.metric_values` (the runner's prepared clean and
     reference runs, ``max_rows`` chunking) with two savings: duplicate masks are evaluated
-    once, and an all-ones mask takes the clean run's logits (no patched forward; keeping
-    every edge is the clean run by definition). Metrics receive logits and clean logits
+    once, an all-ones mask takes the clean run's logits (no patched forward; keeping
+    every edge is the clean run by definition) and, when removed edges read the corrupted
+    run, an all-zeros mask takes the corrupted run's logits (patching every edge reproduces
+    the corrupted run; tests/test_runtime.py checks it). Metrics receive logits and clean logits
     cut to the answer position (``[B', 1, V]`` with ``answer_pos = 0``), so the clean logits
     are not repeated in full for every mask; when the runtime supports it, the patched run
     unembeds only those positions.
@@ -132,7 +134,9 @@ def patched_metrics(runner: PatchRunner, masks: torch.Tensor, metrics: Mapping[s
     fns = {k: get_metric(v) for k, v in metrics.items()}
     uniq, inverse = torch.unique(masks.cpu(), dim=0, return_inverse=True)
     full = (uniq == 1.0).all(1)
-    patched_rows = (~full).nonzero().flatten()
+    # removing every edge under corrupted-run patching is the corrupted run (tested identity)
+    empty = (uniq == 0.0).all(1) & (runner.ablation == "patching")
+    patched_rows = (~full & ~empty).nonzero().flatten()
     U = uniq.shape[0]
     totals = {k: torch.zeros(U, dtype=torch.float64) for k in fns}
     run_kw = _logit_position_kwarg(runner.tm)
@@ -144,10 +148,14 @@ def patched_metrics(runner: PatchRunner, masks: torch.Tensor, metrics: Mapping[s
             if ref.shape[2] != P:  # mean/zero references are [S, 1, 1, d]: broadcast as a view
                 ref = ref.expand(-1, -1, P, -1)
             clean_at = _at_answer(p.clean_logits, b)  # [B, 1, V]: all a metric may read of the clean run
+            b0 = _answer_at_zero(b)
             if bool(full.any()):
-                b0 = _answer_at_zero(b)
                 for k, fn in fns.items():
                     totals[k][full] += float(fn(clean_at, b0, clean_at).float().sum())
+            if bool(empty.any()):
+                corr_at = _at_answer(p.corrupted_logits, b)
+                for k, fn in fns.items():
+                    totals[k][empty] += float(fn(corr_at, b0, clean_at).float().sum())
             per = max(1, runner.max_rows // len(b))
             for c0 in range(0, len(patched_rows), per):
                 rows = patched_rows[c0: c0 + per]

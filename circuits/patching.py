@@ -34,6 +34,7 @@ class _Prepared:
     batch: Batch
     reference: torch.Tensor  # [S, B or 1, P or 1, d] values removed edges read
     clean_logits: torch.Tensor  # [B, 1, V]: at the answer positions
+    corrupted_logits: torch.Tensor | None = None  # [B, 1, V]: the corrupted run's (ablation "patching")
 
 
 class PatchRunner:
@@ -99,7 +100,7 @@ class PatchRunner:
                     ref = mean
                 else:
                     ref = torch.zeros(self.graph.n_senders, 1, 1, self.tm.adapter.d_model, device=self.tm.device, dtype=self.tm.dtype)
-                self.prepared.append(_Prepared(b, ref, clean.logits))
+                self.prepared.append(_Prepared(b, ref, clean.logits, None if corr is None else corr.logits))
         self.n_examples = sum(len(p.batch) for p in self.prepared)
 
     def metric_values(
