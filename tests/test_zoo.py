@@ -110,6 +110,28 @@ def test_stories260k_generates_documented_story(stories) -> None:
     assert text.startswith("Once upon a time, there was a little girl named Lily"), text
 
 
+def test_stories260k_solves_pronoun_as_its_card_says(stories) -> None:
+    """docs/zoo.md: on 200 pronoun examples (seed 0) the answer is top-1 65% of the time, logit
+    difference +2.89 clean vs -2.91 corrupted."""
+    from circuits import load_task
+    from circuits.metrics import answer_position_logits, logit_diff
+
+    model, tokenizer = stories
+    task = load_task("pronoun", tokenizer, n=200, seed=0, **zoo.task_options("stories260k"))
+    ld = {"clean": [], "corrupted": []}
+    top1 = []
+    with torch.no_grad():
+        for b in task.batches(50):
+            for kind in ld:
+                logits = model(getattr(b, kind), attention_mask=b.attention_mask).logits
+                ld[kind].append(logit_diff(logits, b))
+                if kind == "clean":
+                    top1.append(answer_position_logits(logits, b).argmax(-1) == b.answers[:, 0])
+    clean, corrupted = torch.cat(ld["clean"]).mean().item(), torch.cat(ld["corrupted"]).mean().item()
+    assert clean >= 2.89 - 0.01 and corrupted <= -2.91 + 0.01, (clean, corrupted)
+    assert torch.cat(top1).float().mean().item() >= 0.65 - 0.005
+
+
 def test_stories260k_tokenizer_matches_asset_conversion(stories) -> None:
     """The shipped tokenizer.json is what the converter produces from the shipped tok512.bin."""
     from circuits.tokenization import load_llama2c_tokenizer
