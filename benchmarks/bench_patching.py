@@ -3,8 +3,9 @@
 Prints, from one run: exact single-edge effects per second for a uniform sample of edges
 (batched: many masks per forward, each resuming at its receiver's layer), the same for one
 dedicated patched forward per edge, and the bare model's forwards per second on the same
-batch; the batched/one-per-edge speed-up (target >= 10x); then ACDC on a 2-layer model with a
-few hundred edges (target: under a minute).
+batch; the batched/one-per-edge speed-up (target >= 10x); the floor of the method by matmul
+count (how much of a bare forward an exact single-edge effect needs at least); then ACDC on a
+2-layer model with a few hundred edges (target: under a minute).
 
     python benchmarks/bench_patching.py                 # GPT-2-small shape, batch 8 x 32
 """
@@ -23,6 +24,33 @@ from common import best_time, bare_forward, gpt2_small, parser, random_batch  # 
 
 from circuits import TracedModel  # noqa: E402
 from circuits.patching import PatchRunner, acdc, exact_edge_effects  # noqa: E402
+
+
+def matmul_share_per_edge(tm: TracedModel, edges: torch.Tensor, P: int) -> float:
+    """Multiply-adds of the sparse single-edge method per edge, as a share of a bare forward's.
+
+    Counts the matmuls only (per token; attention scores and elementwise work ignored):
+    bare = L (4 d^2 + 2 d d_mlp) + d V. An edge into layer l < L recomputes its node (one head's
+    projection and output, 2 d dh, plus the layer's MLP for a head in a sequential block; or
+    the MLP), then runs layers l+1 .. L-2 in full and the last layer's keys and values at every
+    position (2 d^2), its queries, output and MLP at the answer position only, and the
+    unembedding there. This is the floor of the method, whatever the implementation.
+    """
+    a, g = tm.adapter, tm.graph
+    L, d, H = g.n_layers, a.d_model, g.n_heads
+    dh = a.head_dim
+    dm = tm.model.config.n_inner or 4 * d
+    V = tm.model.config.vocab_size
+    layer_full = 4 * d * d + 2 * d * dm
+    answer_only = (layer_full - 2 * d * d + d * V) / P  # per token of the batch
+    bare = L * layer_full + d * V
+    r = g.edge_receiver[edges]
+    layer = torch.where(r == g.n_receivers - 1, torch.tensor(L), r // (3 * H + 1))
+    is_mlp = (r % (3 * H + 1) == 3 * H) & (layer < L)
+    node = torch.where(is_mlp, torch.tensor(2.0 * d * dm), torch.tensor(2.0 * d * dh + (0 if g.parallel_attn_mlp else 2 * d * dm)))
+    after = (L - 2 - layer).clamp(min=0) * layer_full + torch.where(layer < L - 1, 2 * d * d, 0)
+    cost = torch.where(layer < L, node + after, torch.tensor(0.0)) + answer_only
+    return float(cost.float().mean() / bare)
 
 
 def main() -> None:
@@ -62,6 +90,9 @@ def main() -> None:
     print(f"speed-up batched vs one forward per edge: {t_single / t_batched:5.1f}x (target >= 10x); "
           f"vs bare forwards: {t_bare / t_batched:5.1f}x")
     print(f"all {g.n_edges} edges would take about {g.n_edges * t_batched:.0f} s")
+    share = matmul_share_per_edge(tm, edges, args.tokens)
+    print(f"floor of the method (matmul count): {share:.3f} bare forwards per edge, i.e. at most "
+          f"{1 / share:4.1f}x vs bare forwards; measured {t_batched / t_bare:.3f} bare forwards per edge")
 
     # ACDC on a 2-layer model with a few hundred edges
     torch.manual_seed(0)
