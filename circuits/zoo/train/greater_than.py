@@ -22,27 +22,20 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
-import math
 import os
-import platform
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Iterator
 
 import torch
-import transformers
-from tokenizers import Regex, Tokenizer, pre_tokenizers, processors
-from tokenizers.models import WordLevel
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from tokenizers import Regex, pre_tokenizers
+from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from circuits.tasks import greater_than as gt
-from circuits.tokenization import save_fast_tokenizer
+from circuits.zoo.train.common import (  # noqa: F401  (ids re-exported for callers)
+    BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, adamw, base_parser, gpt2_config, isolated_torch_state, save_run,
+    warmup_cosine, word_level_tokenizer,
+)
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -63,9 +56,6 @@ __all__ = [
     "vocabulary",
 ]
 
-SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>")
-"""Special tokens, ids 0..3."""
-PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 TEMPLATE_WORDS: tuple[str, ...] = ("The", "lasted", "from", "the", "year", "to")
 """The fixed words of ``circuits.tasks.greater_than.TEMPLATE``."""
 SEQ_LEN = 13
@@ -92,23 +82,9 @@ def build_tokenizer(model_max_length: int = 16) -> PreTrainedTokenizerFast:
     (the century and the two-digit YY token, as the task needs). Unknown words map to ``<unk>``;
     decoding joins tokens with spaces ("17 32").
     """
-    backend = Tokenizer(WordLevel(vocab=vocabulary(), unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
+    return word_level_tokenizer(vocabulary(), pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(r"[0-9]{2}"), behavior="isolated")]
-    )
-    backend.post_processor = processors.TemplateProcessing(
-        single="<bos>:0 $A:0", pair="<bos>:0 $A:0 <bos>:1 $B:1", special_tokens=[("<bos>", BOS_ID)]
-    )
-    backend.add_special_tokens(list(SPECIAL_TOKENS))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        model_max_length=model_max_length,
-        clean_up_tokenization_spaces=False,
-    )
+    ), model_max_length)
 
 
 @dataclass(frozen=True)
@@ -333,42 +309,13 @@ def ablation_prob_diff(model: GPT2LMHeadModel, rows: torch.Tensor) -> dict[str, 
 
 def build_model(data: DataSpec, spec: TrainSpec) -> GPT2LMHeadModel:
     """A standard GPT-2 (MLPs included), tied embeddings, no dropout."""
-    config = GPT2Config(
-        vocab_size=len(vocabulary()),
-        n_positions=data.n_positions,
-        n_embd=spec.n_embd,
-        n_layer=spec.n_layer,
-        n_head=spec.n_head,
-        n_inner=spec.n_inner,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-        pad_token_id=PAD_ID,
-        tie_word_embeddings=True,
-    )
+    config = gpt2_config(len(vocabulary()), data.n_positions, spec.n_embd, spec.n_layer, spec.n_head, spec.n_inner)
     return GPT2LMHeadModel(config)
 
 
 def _lr_at(step: int, spec: TrainSpec) -> float:
     """Linear warmup, then cosine to 10%."""
-    if step < spec.warmup:
-        return spec.lr * (step + 1) / spec.warmup
-    progress = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
-    return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-@contextlib.contextmanager
-def _isolated_torch_state(threads: int) -> Iterator[None]:
-    """Use ``threads`` torch threads and a forked global RNG; restore both afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            yield
-    finally:
-        torch.set_num_threads(previous)
+    return warmup_cosine(step, spec.lr, spec.warmup, spec.steps)
 
 
 def train(seed: int, data: DataSpec, spec: TrainSpec, log_every: int = 250) -> tuple[GPT2LMHeadModel, dict]:
@@ -378,7 +325,7 @@ def train(seed: int, data: DataSpec, spec: TrainSpec, log_every: int = 250) -> t
     (initialisation); both are restored on return. Batches come from a generator seeded with
     ``seed``; the split from :func:`split_combos`.
     """
-    with _isolated_torch_state(spec.threads):
+    with isolated_torch_state(spec.threads):
         torch.manual_seed(seed)
         return _train(seed, data, spec, log_every)
 
@@ -390,14 +337,7 @@ def _subsample(rows: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor
 def _train(seed: int, data: DataSpec, spec: TrainSpec, log_every: int) -> tuple[GPT2LMHeadModel, dict]:
     split = split_combos(data, seed)
     model = build_model(data, spec)
-    params = list(model.parameters())
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=spec.lr,
-        betas=(0.9, 0.98),
-    )
+    optimizer, params = adamw(model, spec.lr, spec.weight_decay)
     train_gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     recent: list[float] = []
@@ -460,35 +400,14 @@ def _train(seed: int, data: DataSpec, spec: TrainSpec, log_every: int) -> tuple[
 
 def main(argv: list[str] | None = None) -> dict:
     """CLI entry point; returns the summary written to ``training.json``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=TrainSpec.steps)
-    parser.add_argument("--batch-size", type=int, default=TrainSpec.batch_size)
-    parser.add_argument("--lr", type=float, default=TrainSpec.lr)
-    parser.add_argument("--eval-size", type=int, default=TrainSpec.eval_size)
-    parser.add_argument("--threads", type=int, default=TrainSpec.threads, help="torch threads")
+    parser = base_parser(__doc__, TrainSpec)
     args = parser.parse_args(argv)
     data = DataSpec()
     spec = TrainSpec(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_size=args.eval_size, threads=args.threads
     )
     model, summary = train(args.seed, data, spec)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
-    save_fast_tokenizer(build_tokenizer(data.n_positions), out)
-    argv_used = sys.argv[1:] if argv is None else argv
-    summary.update(
-        {
-            "command": "python -m circuits.zoo.train.greater_than " + shlex.join(argv_used),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-            "threads": spec.threads,
-        }
-    )
-    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    save_run(args.out, model, build_tokenizer(data.n_positions), summary, "circuits.zoo.train.greater_than", argv, spec.threads)
     print(json.dumps({k: summary[k] for k in ("final_train_loss", "heldout_combos", "heldout_years", "task",
                                               "train_seconds")}, indent=2))
     return summary

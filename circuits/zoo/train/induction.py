@@ -29,27 +29,19 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
-import math
 import os
-import platform
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Iterator
 
 import torch
-import transformers
-from tokenizers import Tokenizer, processors
-from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from circuits.tokenization import save_fast_tokenizer
+from circuits.zoo.train.common import (  # noqa: F401  (ids re-exported for callers)
+    BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, adamw, base_parser, gpt2_config, isolated_torch_state, save_run,
+    warmup_cosine, word_level_tokenizer,
+)
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -64,10 +56,6 @@ __all__ = [
     "make_batch",
     "train",
 ]
-
-SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>")
-"""Special tokens, ids 0..3; content token ``t{k}`` has id ``k + len(SPECIAL_TOKENS)``."""
-PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -112,40 +100,12 @@ def build_tokenizer(n_content: int, seq_len: int) -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for k in range(n_content):
         vocab[f"t{k}"] = k + len(SPECIAL_TOKENS)
-    backend = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = WhitespaceSplit()
-    backend.post_processor = processors.TemplateProcessing(
-        single="<bos>:0 $A:0", pair="<bos>:0 $A:0 <bos>:1 $B:1", special_tokens=[("<bos>", BOS_ID)]
-    )
-    backend.add_special_tokens(list(SPECIAL_TOKENS))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        model_max_length=seq_len,
-        clean_up_tokenization_spaces=False,
-    )
+    return word_level_tokenizer(vocab, WhitespaceSplit(), seq_len)
 
 
 def build_model(data: DataSpec, spec: TrainSpec) -> GPT2LMHeadModel:
     """A GPT-2 with zeroed, frozen MLPs (attention-only in function), no dropout."""
-    config = GPT2Config(
-        vocab_size=data.vocab_size,
-        n_positions=data.seq_len,
-        n_embd=spec.n_embd,
-        n_layer=spec.n_layer,
-        n_head=spec.n_head,
-        n_inner=spec.n_inner,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-        pad_token_id=PAD_ID,
-        tie_word_embeddings=True,
-    )
+    config = gpt2_config(data.vocab_size, data.seq_len, spec.n_embd, spec.n_layer, spec.n_head, spec.n_inner)
     model = GPT2LMHeadModel(config)
     with torch.no_grad():
         for block in model.transformer.h:
@@ -295,25 +255,7 @@ def _repeat_loss(logits: torch.Tensor, ids: torch.Tensor, target_mask: torch.Ten
 
 def _lr_at(step: int, spec: TrainSpec) -> float:
     """Linear warmup, constant (the induction phase change needs it), then cosine to 10%."""
-    if step < spec.warmup:
-        return spec.lr * (step + 1) / spec.warmup
-    decay_start = int(spec.decay_from * spec.steps)
-    if step < decay_start:
-        return spec.lr
-    progress = (step - decay_start) / max(1, spec.steps - decay_start)
-    return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-@contextlib.contextmanager
-def _isolated_torch_state(threads: int) -> Iterator[None]:
-    """Use ``threads`` torch threads and a forked global RNG; restore both afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            yield
-    finally:
-        torch.set_num_threads(previous)
+    return warmup_cosine(step, spec.lr, spec.warmup, spec.steps, int(spec.decay_from * spec.steps))
 
 
 def train(seed: int, data: DataSpec, spec: TrainSpec, log_every: int = 250) -> tuple[GPT2LMHeadModel, dict]:
@@ -323,21 +265,14 @@ def train(seed: int, data: DataSpec, spec: TrainSpec, log_every: int = 250) -> t
     (initialisation); both are restored on return. Data come from generators seeded with
     ``seed`` (training) and ``seed + 1000003`` (held-out evaluation).
     """
-    with _isolated_torch_state(spec.threads):
+    with isolated_torch_state(spec.threads):
         torch.manual_seed(seed)
         return _train(seed, data, spec, log_every)
 
 
 def _train(seed: int, data: DataSpec, spec: TrainSpec, log_every: int) -> tuple[GPT2LMHeadModel, dict]:
     model = build_model(data, spec)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=spec.lr,
-        betas=(0.9, 0.98),
-    )
+    optimizer, params = adamw(model, spec.lr, spec.weight_decay)
     train_gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     recent: list[float] = []
@@ -391,37 +326,14 @@ def _train(seed: int, data: DataSpec, spec: TrainSpec, log_every: int) -> tuple[
 
 def main(argv: list[str] | None = None) -> dict:
     """CLI entry point; returns the summary written to ``training.json``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=TrainSpec.steps)
-    parser.add_argument("--batch-size", type=int, default=TrainSpec.batch_size)
-    parser.add_argument("--lr", type=float, default=TrainSpec.lr)
-    parser.add_argument("--eval-size", type=int, default=TrainSpec.eval_size)
-    parser.add_argument(
-        "--threads", type=int, default=TrainSpec.threads, help="torch threads (1: as fast for this size, robust on a busy machine)"
-    )
+    parser = base_parser(__doc__, TrainSpec)
     args = parser.parse_args(argv)
     data = DataSpec()
     spec = TrainSpec(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_size=args.eval_size, threads=args.threads
     )
     model, summary = train(args.seed, data, spec)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
-    save_fast_tokenizer(build_tokenizer(data.n_content, data.seq_len), out)
-    argv_used = sys.argv[1:] if argv is None else argv
-    summary.update(
-        {
-            "command": "python -m circuits.zoo.train.induction " + shlex.join(argv_used),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-            "threads": spec.threads,
-        }
-    )
-    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    save_run(args.out, model, build_tokenizer(data.n_content, data.seq_len), summary, "circuits.zoo.train.induction", argv, spec.threads)
     print(json.dumps({k: summary[k] for k in ("final_train_loss", "heldout", "train_seconds")}, indent=2))
     return summary
 
