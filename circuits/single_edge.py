@@ -41,7 +41,7 @@ def single_edge_metric_values(runner: PatchRunner, edges: torch.Tensor, progress
     Only the full graph as base (every other edge kept). Returns ``[n]`` float32, in the
     order of ``edges``.
     """
-    tm, g = runner.tm, runner.graph
+    g = runner.graph
     edges = edges.long().flatten()
     layer_of = runner.receiver_layers()[g.edge_receiver[edges]]
     order = torch.argsort(layer_of * g.n_receivers + g.edge_receiver[edges], stable=True)
