@@ -352,11 +352,11 @@ class _State:
         if self.buffer is None:
             self.buffer = torch.empty(K, self.tm.graph.n_senders, B * P * d, dtype=z.dtype, device=z.device)
         zc = self.corrupted[s0:s1].to(z.dtype)
+        out = self.buffer[:, s0:s1].view(K, n, B, P, d)  # written in place: one pass, no temporaries
         if shared:
-            delta = (z - zc).expand(n, B, P, d).reshape(1, n, B * P * d)
+            out.copy_((z - zc)[None])  # one recorded run shared by the K masks: broadcast over K
         else:
-            delta = (z.view(n, K, B, P, d) - zc.unsqueeze(1)).transpose(0, 1).reshape(K, n, B * P * d)
-        self.buffer[:, s0:s1] = delta
+            torch.sub(z.view(n, K, B, P, d).transpose(0, 1), zc[None], out=out)
 
     def _delta(self, gi: int) -> torch.Tensor:
         if gi not in self.deltas:
