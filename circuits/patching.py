@@ -144,12 +144,16 @@ class PatchRunner:
                 patch = 1.0 - masks[k0:k1].to(self.tm.device)
                 out = self.tm.run(b.clean, b.attention_mask, corrupted=p.reference, patch=patch,
                                   logit_positions=b.answer_pos, resume=resume)
-                n = k1 - k0
-                clean_logits = p.clean_logits.repeat(n, 1, 1)
-                batch = at_answer_position(_repeat_batch(b, n))
-                vals = self.metric(out.logits, batch, clean_logits).float().view(n, len(b))
-                total[k0:k1] += vals.sum(1).double().cpu()
+                total[k0:k1] += self.chunk_metric(p, out.logits, k1 - k0)
         return (total / self.n_examples).float()
+
+    def chunk_metric(self, p: _Prepared, logits: torch.Tensor, n: int) -> torch.Tensor:
+        """Metric summed over ``p``'s examples for each of ``n`` runs stacked mask-major:
+        answer-position ``logits`` ``[n * B, 1, V]`` -> ``[n]`` float64 on the CPU."""
+        b = p.batch
+        batch = at_answer_position(_repeat_batch(b, n))
+        vals = self.metric(logits, batch, p.clean_logits.repeat(n, 1, 1)).float().view(n, len(b))
+        return vals.sum(1).double().cpu()
 
     def base_runs(self, mask: torch.Tensor) -> list[RunOutput]:
         """One recorded run per prepared batch under ``mask`` ([E]), to resume masked runs from."""

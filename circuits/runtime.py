@@ -230,10 +230,7 @@ class TracedModel(nn.Module):
                 q, k, v = qkv
             elif x_attn is None:  # every q/k/v input is the shared residual
                 h = norm(resid)
-                q, k, v = a.project_qkv(layer, h, h, h)
-                if k.shape[1] != H:  # GQA on the shared path: repeat kv heads to query heads
-                    rep = H // k.shape[1]
-                    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+                q, k, v = a.query_head_qkv(layer, h, h, h)
                 if state.on_grad is not None and resid.requires_grad:
                     state.probe_shared_qkv(layer, norm, resid, (q, k, v), r0, s_heads0)
             else:  # [3H, B', P, d]: each receiver reads its own (patched or probed) input
@@ -277,13 +274,10 @@ class TracedModel(nn.Module):
         Keys and values come from every position; queries, the output projection and the
         MLP run at ``pos`` ([B']) only. Used for the last layer when only answer logits count.
         """
-        a, H = self.adapter, self.graph.n_heads
+        a = self.adapter
         rows = torch.arange(resid.shape[0], device=resid.device)
         h = a.attn_norm(layer)(resid)
-        q, k, v = a.project_qkv(layer, h[rows, pos][:, None], h, h)  # q: [B', H, 1, dh]
-        if k.shape[1] != H:
-            rep = H // k.shape[1]
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        q, k, v = a.query_head_qkv(layer, h[rows, pos][:, None], h, h)  # q: [B', H, 1, dh]
         if rot is not None:
             cos, sin = rot
             q = apply_rotary(q, cos[rows, pos][:, None], sin[rows, pos][:, None])
@@ -397,11 +391,7 @@ class _State:
 
         def shared(x: torch.Tensor):
             h = norm(x)
-            q, k, v = a.project_qkv(layer, h, h, h)
-            if k.shape[1] != H:
-                rep = H // k.shape[1]
-                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            return [q, k, v]
+            return list(a.query_head_qkv(layer, h, h, h))
 
         out = shared(resid)  # [B', H, P, dh] each
         rows = lambda m: m.repeat_interleave(B, 0)[:, :, None, None]  # noqa: E731  [K, H] -> [B', H, 1, 1]

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Iterable
 
 import torch
 
-from .attribution import at_answer_position
 from .models.base import apply_rotary
 from .runtime import Prefix, causal_mask, default_position_ids
 
@@ -66,17 +65,8 @@ def single_edge_metric_values(runner: PatchRunner, edges: torch.Tensor, progress
                 base_cache.clear()  # one prepared batch at a time: work is batch-major
                 base = base_cache[id(p)] = _Base(runner, p)
             logits = base.patched_logits(layer, edges[sel])  # [n * B, 1, V]
-            n, b = len(sel), p.batch
-            batch = at_answer_position(_repeat(b, n))
-            vals = runner.metric(logits, batch, p.clean_logits.repeat(n, 1, 1)).float().view(n, len(b))
-            total[sel] += vals.sum(1).double().cpu()
+            total[sel] += runner.chunk_metric(p, logits, len(sel))
     return (total / runner.n_examples).float()
-
-
-def _repeat(b, n: int):
-    from .patching import _repeat_batch
-
-    return _repeat_batch(b, n)
 
 
 class _Base:
@@ -102,12 +92,9 @@ class _Base:
     def layer(self, layer: int) -> dict[str, torch.Tensor]:
         """The clean run's q, k, v of every head at ``layer`` (``[B, H, P, dh]``, rotary applied)."""
         if layer not in self.layer_cache:
-            a, H = self.tm.adapter, self.tm.graph.n_heads
+            a = self.tm.adapter
             h = a.attn_norm(layer)(self.resid[layer])
-            q, k, v = a.project_qkv(layer, h, h, h)
-            if k.shape[1] != H:
-                rep = H // k.shape[1]
-                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            q, k, v = a.query_head_qkv(layer, h, h, h)
             if self.rot is not None:
                 q, k = apply_rotary(q, *self.rot), apply_rotary(k, *self.rot)
             self.layer_cache = {layer: {"q": q, "k": k, "v": v}}  # keep one layer only

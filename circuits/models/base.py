@@ -147,6 +147,17 @@ class Adapter:
         v = _proj(xv, w.W_V, w.b_V)
         return q, k, v
 
+    def query_head_qkv(
+        self, layer: int, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`project_qkv` with k and v repeated to the query heads (GQA, shared inputs):
+        q, k, v each ``[B, H, P, dh]``; q may have fewer positions than k and v."""
+        q, k, v = self.project_qkv(layer, xq, xk, xv)
+        if k.shape[1] != q.shape[1]:
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        return q, k, v
+
     def project_heads(self, layer: int, x: torch.Tensor, heads: torch.Tensor, comp: torch.Tensor) -> torch.Tensor:
         """One projection per row: ``x[m]`` (normalised, ``[m, B, P, d]``) through head ``heads[m]``'s
         q, k or v weights (``comp[m]`` = 0, 1, 2), bias included, no rotary -> ``[m, B, P, dh]``.
