@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import bare_forward_backward, best_time, parser, peak_rss_mb, setup  # noqa: E402
 
-from circuits.attribution import attribute  # noqa: E402
+from circuits.scores import attribute  # noqa: E402
 
 
 def main() -> None:

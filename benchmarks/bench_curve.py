@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import bare_forward, best_time, parser, peak_rss_mb, setup  # noqa: E402
 
-from circuits.attribution import attribute  # noqa: E402
-from circuits.evaluate import MIB_FRACTIONS, curve_masks, faithfulness_curve  # noqa: E402
+from circuits.scores import attribute  # noqa: E402
+from circuits.evaluation import MIB_FRACTIONS, curve_masks, faithfulness_curve  # noqa: E402
 from circuits.patching import PatchRunner  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     print(f"bare forward                   {t_bare * 1e3:9.1f} ms")
     rss_before = peak_rss_mb()
     g = attribute(tm, [b], "logit_diff", "eap")
-    print(f"EAP scores                     {g.meta['attribution']['seconds'] * 1e3:9.1f} ms (not part of the curve)")
+    print(f"EAP scores                     {g.provenance.scoring.seconds * 1e3:9.1f} ms (not part of the curve)")
     rss_eap = peak_rss_mb()
 
     t = time.perf_counter()

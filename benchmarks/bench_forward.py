@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_time, bare_forward, gpt2_small, parser, peak_rss_mb, random_batch  # noqa: E402
 
-from circuits import TracedModel  # noqa: E402
+from circuits import Patch, TracedModel  # noqa: E402
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     model = gpt2_small(args.quick)
     tm = TracedModel(model)
     b = random_batch(model.config.vocab_size, args.batch, args.tokens)
-    g = tm.graph
+    g = tm.layout
     with torch.no_grad():
         corr = tm.run(b.corrupted, b.attention_mask, record=True).senders
     mask = (torch.rand(g.n_edges, generator=torch.Generator().manual_seed(0)) > 0.5).float()
@@ -38,7 +38,7 @@ def main() -> None:
 
     def patched():
         with torch.no_grad():
-            return tm.run(b.clean, b.attention_mask, corrupted=corr, patch=1 - mask).logits
+            return tm.run(b.clean, b.attention_mask, patch=Patch(mask, corr)).logits
 
     t_bare = best_time(bare_forward(model, b), args.repeats)
     rss0 = peak_rss_mb()

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, GPT2Config
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_time, bare_forward, gpt2_small, parser, random_batch  # noqa: E402
 
-from circuits import TracedModel  # noqa: E402
+from circuits import Patch, TracedModel  # noqa: E402
 from circuits.patching import PatchRunner, acdc, exact_edge_effects  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def matmul_share_per_edge(tm: TracedModel, edges: torch.Tensor, P: int) -> float
     position (2 d^2), its queries, output and MLP at the answer position only, and the
     unembedding there. This is the floor of the method, whatever the implementation.
     """
-    a, g = tm.adapter, tm.graph
+    a, g = tm.adapter, tm.layout
     L, d, H = g.n_layers, a.d_model, g.n_heads
     dh = a.head_dim
     dm = tm.model.config.n_inner or 4 * d
@@ -45,8 +45,8 @@ def matmul_share_per_edge(tm: TracedModel, edges: torch.Tensor, P: int) -> float
     answer_only = (layer_full - 2 * d * d + d * V) / P  # per token of the batch
     bare = L * layer_full + d * V
     r = g.edge_receiver[edges]
-    layer = torch.where(r == g.n_receivers - 1, torch.tensor(L), r // (3 * H + 1))
-    is_mlp = (r % (3 * H + 1) == 3 * H) & (layer < L)
+    layer = g.edge_layer(edges)
+    is_mlp = torch.isin(r, torch.tensor([g.mlp_receiver(lay) for lay in range(L)]))
     node = torch.where(is_mlp, torch.tensor(2.0 * d * dm), torch.tensor(2.0 * d * dh + (0 if g.parallel_attn_mlp else 2 * d * dm)))
     after = (L - 2 - layer).clamp(min=0) * layer_full + torch.where(layer < L - 1, 2 * d * d, 0)
     cost = torch.where(layer < L, node + after, torch.tensor(0.0)) + answer_only
@@ -63,7 +63,7 @@ def main() -> None:
     model = gpt2_small(args.quick)
     tm = TracedModel(model)
     b = random_batch(model.config.vocab_size, args.batch, args.tokens)
-    g = tm.graph
+    g = tm.layout
     edges = torch.randperm(g.n_edges, generator=torch.Generator().manual_seed(0))[: args.edges]
     runner = PatchRunner(tm, [b], "logit_diff", max_rows=args.max_rows)
     print(f"model: {model.config.n_layer} layers x {model.config.n_head} heads; edges={g.n_edges}; "
@@ -79,9 +79,9 @@ def main() -> None:
     def one_per_edge():
         with torch.no_grad():
             for e in one.tolist():
-                w = torch.zeros(g.n_edges)
-                w[e] = 1.0
-                tm.run(b.clean, b.attention_mask, corrupted=zc, patch=w)
+                keep = torch.ones(g.n_edges)
+                keep[e] = 0.0
+                tm.run(b.clean, b.attention_mask, patch=Patch(keep, zc))
 
     t_single = best_time(one_per_edge, 1) / len(one)
     print(f"bare forward                 {1 / t_bare:8.2f} /s   ({t_bare * 1e3:.1f} ms)")
@@ -101,7 +101,7 @@ def main() -> None:
     sb = random_batch(512, 16, 16, seed=1)
     t0 = time.perf_counter()
     res = acdc(stm, [sb], threshold=1e-4)
-    print(f"ACDC 2 layers x 8 heads ({stm.graph.n_edges} edges, 16 x 16 tokens): {time.perf_counter() - t0:.1f} s, "
+    print(f"ACDC 2 layers x 8 heads ({stm.layout.n_edges} edges, 16 x 16 tokens): {time.perf_counter() - t0:.1f} s, "
           f"{res.n_forward_batches} batched forwards, {res.graph.n_circuit_edges} edges kept (target: < 60 s)")
 
 

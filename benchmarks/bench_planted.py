@@ -48,7 +48,7 @@ def main() -> None:
             edge_auc = circuits.roc(graph, truth.in_circuit).auc
             node_auc = circuits.node_roc(graph, truth_nodes).auc
             if method != "acdc":
-                circuits.prune.topn(graph, k)
+                graph = circuits.prune.topn(graph, k)
             f = circuits.evaluate_circuit(model, graph, task).faithfulness
             print(f"  {method:<22} {edge_auc:9.3f} {node_auc:9.3f} {f:9.3f} {secs:8.2f}")
 

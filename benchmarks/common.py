@@ -87,5 +87,5 @@ def setup(args, extra: str = ""):
     tm = TracedModel(model)
     b = random_batch(model.config.vocab_size, args.batch, args.tokens)
     print(f"model: {model.config.n_layer} layers x {model.config.n_head} heads, d={model.config.n_embd}; "
-          f"edges={tm.graph.n_edges}; batch {args.batch} x {args.tokens}; threads={torch.get_num_threads()}{extra}")
+          f"edges={tm.layout.n_edges}; batch {args.batch} x {args.tokens}; threads={torch.get_num_threads()}{extra}")
     return model, tm, b

@@ -1,15 +1,15 @@
 """circuits: edge-level circuit discovery for `transformers` causal language models.
 
-The pipeline, one module per step::
+The pipeline, one package per step (docs/architecture.md)::
 
-    model    -> circuits.models / circuits.runtime   (TracedModel: record, patch, probe)
-    graph    -> circuits.graph                        (Graph: nodes, receivers, edges as tensors)
-    scores   -> circuits.attribution / circuits.patching  (EAP, EAP-IG, ACDC, exact effects, path patching)
-    circuit  -> circuits.prune                        (top-n, threshold, greedy, dangling removal)
-    evaluation -> circuits.evaluate                   (faithfulness, CPR/CMD curves, ROC/AUC)
-    render   -> circuits.render / circuits.export     (graphviz diagrams; JSON, GraphML, GEXF, CSV, dot)
+    model      -> circuits.models, circuits.runtime   (adapters; TracedModel: record, patch, probe)
+    graph      -> circuits.graph                      (GraphLayout: all indexing; Graph: scores + circuit)
+    scores     -> circuits.scores, circuits.patching  (EAP, EAP-IG; exact effects, ACDC, path patching)
+    circuit    -> circuits.circuit                    (top-n, threshold, greedy, dangling removal)
+    evaluation -> circuits.evaluation                 (faithfulness, CPR/CMD curves, ROC/AUC)
+    render     -> circuits.render                     (graphviz diagrams, plots; JSON, GraphML, GEXF, CSV, dot)
 
-``circuits.save(graph, path)`` writes any of these by suffix (diagrams through ``circuits.render``).
+:func:`circuits.discover` runs the whole pipeline; every step returns new values.
 
 Quick start::
 
@@ -17,51 +17,90 @@ Quick start::
     model, tokenizer = circuits.zoo.load("induction-2l")
     task = circuits.load_task("induction", tokenizer, n=200, **circuits.zoo.task_options("induction-2l"))
     train, test = task.split(0.5, seed=0)
-    graph = circuits.attribute(model, train, method="eap-ig-inputs")
-    circuits.prune.topn(graph, 30)
-    print(circuits.evaluate_circuit(model, graph, test).faithfulness)
-    circuits.save(graph, "circuit.svg")     # or .png .pdf .html .json .graphml .gexf .csv .dot
+    scores = circuits.attribute(model, train, method="eap-ig-inputs")
+    circuit = circuits.prune.topn(scores, 30)
+    print(circuits.evaluate_circuit(model, circuit, test).faithfulness)
+    circuits.save(circuit, "circuit.svg")     # or .png .pdf .html .json .graphml .gexf .csv .dot
 """
 
-from . import prune, zoo
-from .attribution import METHODS, attribute
-from .evaluate import CircuitReport, Curve, evaluate_circuit, faithfulness_curve, node_roc, roc
-from .export import load, save
-from .graph import Graph
-from .models import SUPPORTED_MODEL_TYPES, get_adapter, graph_for
-from .patching import PatchRunner, acdc, exact_edge_effects, iterative_prune, path_patching, path_patching_grid
-from .runtime import RunOutput, TracedModel
-from .tasks import Batch, Task, load_task
+import importlib
+from typing import Any
 
-__version__ = "0.1.0"
+# Submodules load lazily (PEP 562): `import circuits` (and the CLI's `circuits models`/`circuits tasks`)
+# stays cheap, and torch/transformers are imported only when a name that needs them is first used.
+_EXPORTS: dict[str, str] = {
+    "zoo": "",  # a subpackage: circuits.zoo
+    "prune": "circuit",  # the module circuits.circuit.prune
+    **dict.fromkeys(["CircuitReport", "Curve", "evaluate_circuit", "faithfulness_curve", "node_roc", "roc"], "evaluation"),
+    **dict.fromkeys(["Graph", "GraphLayout", "KeepMask", "Provenance", "Scoring", "Selection"], "graph"),
+    **dict.fromkeys(["SUPPORTED_MODEL_TYPES", "get_adapter", "graph_for"], "models"),
+    **dict.fromkeys(["PatchRunner", "acdc", "exact_edge_effects", "iterative_prune", "path_patching",
+                     "path_patching_grid"], "patching"),
+    **dict.fromkeys(["Discovery", "discover", "write_outputs"], "pipeline"),
+    **dict.fromkeys(["load", "save"], "render"),
+    **dict.fromkeys(["Patch", "Probe", "RunOutput", "TracedModel"], "runtime"),
+    **dict.fromkeys(["METHODS", "attribute"], "scores"),
+    **dict.fromkeys(["Batch", "Task", "load_task"], "tasks"),
+}
+"""Exported name -> the subpackage it comes from (``""``: the name is itself a subpackage)."""
+
+
+def __getattr__(name: str) -> Any:
+    where = _EXPORTS.get(name)
+    if where is None:
+        raise AttributeError(f"module 'circuits' has no attribute {name!r}")
+    if where == "":
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        module = importlib.import_module(f"{__name__}.{where}")
+        value = getattr(module, name) if hasattr(module, name) else importlib.import_module(f"{module.__name__}.{name}")
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+__version__ = "0.2.0"
 
 __all__ = [
-    "Graph",
-    "TracedModel",
-    "RunOutput",
-    "graph_for",
-    "get_adapter",
-    "SUPPORTED_MODEL_TYPES",
-    "METHODS",
-    "attribute",
-    "PatchRunner",
-    "exact_edge_effects",
-    "acdc",
-    "path_patching",
-    "path_patching_grid",
-    "iterative_prune",
-    "prune",
+    "Batch",
     "CircuitReport",
     "Curve",
-    "evaluate_circuit",
-    "faithfulness_curve",
-    "roc",
-    "node_roc",
-    "save",
-    "load",
+    "Discovery",
+    "Graph",
+    "GraphLayout",
+    "KeepMask",
+    "METHODS",
+    "Patch",
+    "PatchRunner",
+    "Probe",
+    "Provenance",
+    "RunOutput",
+    "SUPPORTED_MODEL_TYPES",
+    "Scoring",
+    "Selection",
     "Task",
-    "Batch",
-    "load_task",
-    "zoo",
+    "TracedModel",
     "__version__",
+    "acdc",
+    "attribute",
+    "discover",
+    "evaluate_circuit",
+    "exact_edge_effects",
+    "faithfulness_curve",
+    "get_adapter",
+    "graph_for",
+    "iterative_prune",
+    "load",
+    "load_task",
+    "node_roc",
+    "path_patching",
+    "path_patching_grid",
+    "prune",
+    "roc",
+    "save",
+    "write_outputs",
+    "zoo",
 ]

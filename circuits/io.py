@@ -6,10 +6,11 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 
-def _check_target(path: Path, overwrite: bool) -> None:
+def check_target(path: Path, overwrite: bool) -> None:
+    """Raise ``FileExistsError`` when ``path`` exists and may not be replaced, or is a folder."""
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --force) to replace it")
     if path.exists() and path.is_dir():
@@ -24,7 +25,7 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     temporary file is removed and ``path`` is left untouched.
     """
     path = Path(path)
-    _check_target(path, overwrite)
+    check_target(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -53,3 +54,23 @@ def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = True) ->
     with atomic_path(path, overwrite) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def json_safe(x: Any) -> Any:
+    """Replace NaN/inf floats by None, numpy/tensor scalars by Python ones, recursively (strict JSON)."""
+    import math
+
+    import numpy as np
+    import torch
+
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        x = x.item()
+    if isinstance(x, torch.Tensor):
+        return json_safe(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x

@@ -4,7 +4,7 @@ Contract: a metric is a plain callable ``metric(logits, batch, clean_logits=None
 
 * ``logits`` is ``[B, P, V]`` (any float dtype; computed in float32); only ``logits[b, batch.answer_pos[b]]``
   is used.
-* ``batch`` is a :class:`circuits.tasks.base.Batch`: ``answers`` ``[B, A]`` and ``wrong`` ``[B, W]`` hold token
+* ``batch`` is a :class:`circuits.tasks.Batch` (any object with these fields): ``answers`` ``[B, A]`` and ``wrong`` ``[B, W]`` hold token
   ids padded with -1 (padding is ignored).
 * ``clean_logits`` (only needed by :func:`kl_div`) is the clean run's ``[B, P, V]`` logits, or already the
   ``[B, V]`` logits at the answer positions.
@@ -17,15 +17,29 @@ See docs/metrics.md for the formulas.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import Callable, Literal, Protocol
 
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    from circuits.tasks.base import Batch
+
+class Answers(Protocol):
+    """What a metric reads of a batch (a :class:`circuits.tasks.Batch` is one): answer sets and positions."""
+
+    answers: torch.Tensor  # [B, A] long, padded with -1
+    wrong: torch.Tensor  # [B, W] long, padded with -1
+    answer_pos: torch.Tensor  # [B] long
+
+
+MetricName = Literal["logit_diff", "prob_diff", "kl_div", "answer_logprob", "nll", "accuracy"]
+"""Built-in metrics: ``logit_diff`` (best answer logit minus best wrong logit), ``prob_diff``
+(probability mass of answers minus wrong answers), ``kl_div`` (KL(clean || run) at the answer position,
+lower is better), ``answer_logprob`` (log-probability of the answers), ``nll`` (its negative, lower is
+better), ``accuracy`` (best answer beats best wrong answer; not differentiable). Formulas: docs/metrics.md."""
 
 __all__ = [
+    "Answers",
     "Metric",
+    "MetricName",
     "METRICS",
     "logit_diff",
     "prob_diff",
@@ -45,7 +59,7 @@ class Metric(Protocol):
 
     higher_is_better: bool
 
-    def __call__(self, logits: torch.Tensor, batch: "Batch", clean_logits: torch.Tensor | None = None
+    def __call__(self, logits: torch.Tensor, batch: Answers, clean_logits: torch.Tensor | None = None
                  ) -> torch.Tensor: ...
 
 
@@ -64,7 +78,7 @@ def _metric(higher_is_better: bool) -> Callable[[Callable], Callable]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def answer_position_logits(logits: torch.Tensor, batch: "Batch") -> torch.Tensor:
+def answer_position_logits(logits: torch.Tensor, batch: Answers) -> torch.Tensor:
     """``[B, V]`` float32 logits at each example's ``answer_pos`` (a ``[B, V]`` input is returned as float32)."""
     if logits.dim() == 2:
         return logits.float()
@@ -106,7 +120,7 @@ def _masked_max(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 @_metric(higher_is_better=True)
-def logit_diff(logits: torch.Tensor, batch: "Batch", clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+def logit_diff(logits: torch.Tensor, batch: Answers, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
     """Mean logit over the answer set minus mean logit over the wrong set, per example."""
     x = answer_position_logits(logits, batch)
     ans, a_ok = _gather(x, batch.answers)
@@ -115,7 +129,7 @@ def logit_diff(logits: torch.Tensor, batch: "Batch", clean_logits: torch.Tensor 
 
 
 @_metric(higher_is_better=True)
-def prob_diff(logits: torch.Tensor, batch: "Batch", clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+def prob_diff(logits: torch.Tensor, batch: Answers, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
     """Total softmax probability of the answer set minus that of the wrong set (greater-than: years > YY
     minus years <= YY)."""
     probs = torch.softmax(answer_position_logits(logits, batch), dim=-1)
@@ -125,7 +139,7 @@ def prob_diff(logits: torch.Tensor, batch: "Batch", clean_logits: torch.Tensor |
 
 
 @_metric(higher_is_better=False)
-def kl_div(logits: torch.Tensor, batch: "Batch", clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+def kl_div(logits: torch.Tensor, batch: Answers, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
     """KL(clean || patched) of the next-token distributions at the answer position (nats)."""
     if clean_logits is None:
         raise ValueError("kl_div needs clean_logits (the clean run's logits) to compare against; got None")
@@ -135,7 +149,7 @@ def kl_div(logits: torch.Tensor, batch: "Batch", clean_logits: torch.Tensor | No
 
 
 @_metric(higher_is_better=True)
-def answer_logprob(logits: torch.Tensor, batch: "Batch", clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+def answer_logprob(logits: torch.Tensor, batch: Answers, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
     """log of the total probability of the answer set: logsumexp of log_softmax over the answers."""
     logp = torch.log_softmax(answer_position_logits(logits, batch), dim=-1)
     ans, a_ok = _gather(logp, batch.answers)
@@ -143,13 +157,13 @@ def answer_logprob(logits: torch.Tensor, batch: "Batch", clean_logits: torch.Ten
 
 
 @_metric(higher_is_better=False)
-def nll(logits: torch.Tensor, batch: "Batch", clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+def nll(logits: torch.Tensor, batch: Answers, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
     """Negative log-likelihood of the answer set: ``-answer_logprob``."""
     return -answer_logprob(logits, batch, clean_logits)
 
 
 @_metric(higher_is_better=True)
-def accuracy(logits: torch.Tensor, batch: "Batch", clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+def accuracy(logits: torch.Tensor, batch: Answers, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
     """1.0 where the best answer logit beats the best wrong logit, else 0.0 (not differentiable)."""
     x = answer_position_logits(logits, batch)
     ans, a_ok = _gather(x, batch.answers)

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     for method in METHODS:
         graph = circuits.attribute(model, task, method=method, steps=5)
         auc = circuits.roc(graph, truth.in_circuit).auc
-        circuits.prune.topn(graph, k)
+        graph = circuits.prune.topn(graph, k)
         results[method] = (auc, circuits.evaluate_circuit(model, graph, task).faithfulness)
     acdc = circuits.acdc(model, task, args.acdc_tau, metric="kl_div")
     auc = circuits.roc(acdc.graph, truth.in_circuit).auc

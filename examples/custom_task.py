@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> float:
     model, tokenizer = circuits.zoo.load(args.model)
     task = circuits.load_task(str(path), tokenizer)  # validated: lengths, single-token answers
     graph = circuits.attribute(model, task, method="eap")
-    circuits.prune.topn(graph, args.edges)
+    graph = circuits.prune.topn(graph, args.edges)
     report = circuits.evaluate_circuit(model, graph, task)
     print(f"{len(task)} examples from {path}: {graph.n_circuit_edges} edges, faithfulness {report.faithfulness:.3f}")
     return report.faithfulness

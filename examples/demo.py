@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> circuits.CircuitReport:
     task = circuits.load_task("pronoun", tokenizer, n=args.n, seed=0)
     train, test = task.split(0.5, seed=0)
     graph = circuits.attribute(model, train, method="eap-ig-inputs", steps=5)
-    circuits.prune.topn(graph, args.edges)
+    graph = circuits.prune.topn(graph, args.edges)
     report = circuits.evaluate_circuit(model, graph, test)
     graph.meta.update(model="stories260k", task="pronoun", method="eap-ig-inputs", faithfulness=report.faithfulness)
     circuits.save(graph, f"{args.out}/circuit.json", overwrite=True)

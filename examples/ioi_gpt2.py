@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     task = circuits.load_task("ioi", gpt2_tokenizer(), n=args.n, seed=0)
     train, test = task.split(0.5, seed=0)
     graph = circuits.attribute(model, train, method="eap-ig-inputs", steps=5, progress=True)
-    circuits.prune.topn(graph, args.edges)
+    graph = circuits.prune.topn(graph, args.edges)
     report = circuits.evaluate_circuit(model, graph, test)
     truth_nodes = [h for heads in IOI_GROUPS.values() for h in heads]
     node_auc = circuits.node_roc(graph, truth_nodes).auc

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 import circuits
-from circuits.cli import _plot_heatmap
+from circuits.render import plot_heatmap
 
 
 def main(argv: list[str] | None = None):
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None):
     model, tokenizer = circuits.zoo.load(args.model)
     task = circuits.load_task(args.task, tokenizer, n=args.n, seed=0)
     grid = circuits.path_patching_grid(model, task, args.receivers, normalize=True)
-    _plot_heatmap(grid, __import__("pathlib").Path(args.out), f"heads -> {', '.join(args.receivers)}: share of m(clean) - m(corrupted)")
+    plot_heatmap(grid, args.out, f"heads -> {', '.join(args.receivers)}: share of m(clean) - m(corrupted)")
     best = grid.nan_to_num(0).abs().flatten().argmax().item()
     L, H = divmod(best, grid.shape[1])
     print(f"strongest direct path: a{L}.h{H} -> {args.receivers} ({grid[L, H].item():+.3f} of the clean-corrupted gap); wrote {args.out}")

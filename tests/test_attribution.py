@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+
+from circuits.runtime import Patch
 from scipy.stats import pearsonr
 
 from circuits import TracedModel
-from circuits.attribution import METHODS, attribute, metric_of_runs
+from circuits.scores import METHODS, attribute, metric_of_runs
 from circuits.metrics import logit_diff
 from circuits.patching import exact_edge_effects
 from circuits.tasks.base import Batch
@@ -30,7 +32,7 @@ def test_eap_equals_definition(family):
     tm = TracedModel(tiny_model(family))
     batch = make_batch()
     got = attribute(tm, [batch], logit_diff, "eap").scores
-    E = tm.graph.n_edges
+    E = tm.layout.n_edges
     ref = torch.zeros(E)
     for i in range(len(batch)):
         sl = slice(i, i + 1)
@@ -38,10 +40,10 @@ def test_eap_equals_definition(family):
         one = Batch(ids, corr, am, batch.answers[sl], batch.wrong[sl], batch.answer_pos[sl])
         with torch.no_grad():
             zc = tm.run(corr, am, record=True).senders
-        w = torch.zeros(E, requires_grad=True)
-        logits = tm.run(ids, am, corrupted=zc, patch=w).logits
-        (grad,) = torch.autograd.grad(-logit_diff(logits, one).sum(), [w])
-        ref += grad
+        keep = torch.ones(E, requires_grad=True)  # ∂/∂w_e of the patch weight w = 1 - keep is -∂/∂keep_e
+        logits = tm.run(ids, am, patch=Patch(keep, zc)).logits
+        (grad,) = torch.autograd.grad(-logit_diff(logits, one).sum(), [keep])
+        ref -= grad
     ref /= len(batch)
     assert torch.allclose(got, ref, atol=1e-5, rtol=1e-3), (got - ref).abs().max()
 
@@ -79,7 +81,7 @@ def test_methods_and_flags():
     for method in METHODS:
         g = attribute(tm, [batch], "logit_diff", method, steps=2)
         assert g.scores.shape == (g.n_edges,) and torch.isfinite(g.scores).all()
-        assert g.meta["attribution"]["method"] == method
+        assert g.provenance.scoring.method == method
     a = attribute(tm, [batch], "logit_diff", "eap", absolute=True).scores
     assert (a >= 0).all()
     # batching does not change the average
@@ -140,16 +142,16 @@ def test_runs_are_freed_without_the_cycle_collector(method, monkeypatch):
     import gc
     import weakref
 
-    from circuits import runtime
+    from circuits.runtime import RunState
 
     refs = []
-    init = runtime._State.__init__
+    init = RunState.__init__
 
     def tracking_init(self, *args, **kwargs):
         init(self, *args, **kwargs)
         refs.append(weakref.ref(self))
 
-    monkeypatch.setattr(runtime._State, "__init__", tracking_init)
+    monkeypatch.setattr(RunState, "__init__", tracking_init)
     tm = TracedModel(tiny_model("llama"))
     gc.collect()
     gc.disable()

@@ -7,7 +7,8 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 
-from circuits.cli import DISCOVER_OUTPUTS, main
+from circuits.cli import main
+from circuits.pipeline import OUTPUTS as DISCOVER_OUTPUTS
 
 MODEL = "stories260k"
 TASK = ["--task", "pronoun"]

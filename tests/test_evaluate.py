@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from circuits import TracedModel
-from circuits.attribution import attribute, metric_of_runs
-from circuits.evaluate import (
+from circuits.scores import attribute, metric_of_runs
+from circuits.evaluation import (
     MIB_FRACTIONS,
     CircuitReport,
     Curve,
@@ -21,13 +21,13 @@ from circuits.evaluate import (
     faithfulness_curve,
     node_roc,
     normalized_faithfulness,
-    plot_curves,
-    plot_roc,
     roc,
 )
+from circuits.render import plot_curves, plot_roc
 from circuits.graph import Graph
+from circuits.models import graph_for
 from circuits.patching import PatchRunner
-from circuits.prune import topn
+from circuits.circuit.prune import topn
 from circuits.tasks.base import Batch
 from test_attribution import make_batch
 from tiny_models import FAMILIES, tiny_model
@@ -47,10 +47,9 @@ def hand_curve(fractions, f, kind="CPR"):
 def test_full_graph_is_1_and_empty_graph_is_0(family):
     tm = TracedModel(tiny_model(family))
     batch = make_batch()
-    g = tm.graph.copy()
+    g = graph_for(tm.model)
     full = evaluate_circuit(tm, g, [batch], "logit_diff")
-    g.in_circuit[:] = False
-    empty = evaluate_circuit(tm, g, [batch], "logit_diff")
+    empty = evaluate_circuit(tm, g.with_circuit(torch.zeros(g.n_edges)), [batch], "logit_diff")
     assert full.faithfulness == pytest.approx(1.0, abs=1e-6) and full.n_edges == g.n_edges
     assert empty.faithfulness == pytest.approx(0.0, abs=1e-6) and empty.n_edges == 0
     assert full.kl_to_full == pytest.approx(0.0, abs=1e-6)
@@ -62,7 +61,7 @@ def test_full_graph_is_1_and_empty_graph_is_0(family):
     assert full.m_full == pytest.approx(patched_full, abs=1e-4) and full.m_full == pytest.approx(m_clean, abs=1e-4)
     assert empty.m_empty == pytest.approx(patched_empty, abs=1e-4) and empty.m_empty == pytest.approx(m_corr, abs=1e-4)
     # the circuit-level quantities are in between for a real circuit
-    g.scores = attribute(tm, [batch], "logit_diff", "eap").scores
+    g = attribute(tm, [batch], "logit_diff", "eap")
     rep = evaluate_circuit(tm, topn(g, 20), [batch], "logit_diff")
     assert rep.n_edges <= 20 and rep.kl_to_full >= 0.0 and 0.0 <= rep.accuracy <= 1.0
 
@@ -77,7 +76,7 @@ def test_curve_points_equal_single_circuit_evaluations(gpt2):
     assert curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-6)
     runner = PatchRunner(gpt2, [batch], "logit_diff")
     for i in (3, 6, 8):
-        rep = evaluate_circuit(gpt2, topn(g.copy(), curve.n_requested[i]), [batch], runner=runner)
+        rep = evaluate_circuit(gpt2, topn(g, curve.n_requested[i]), [batch], runner=runner)
         assert rep.n_edges == curve.n_edges[i]
         assert rep.faithfulness == pytest.approx(curve.faithfulness[i], abs=1e-4)
 
@@ -85,8 +84,7 @@ def test_curve_points_equal_single_circuit_evaluations(gpt2):
 def test_curve_uses_one_batched_patched_forward(gpt2, monkeypatch):
     batch = make_batch(B=4)
     runner = PatchRunner(gpt2, [batch], "logit_diff")
-    g = gpt2.graph.copy()
-    g.scores = torch.randn(g.n_edges, generator=torch.Generator().manual_seed(0))
+    g = graph_for(gpt2.model).with_scores(torch.randn(graph_for(gpt2.model).n_edges, generator=torch.Generator().manual_seed(0)))
     calls = []
     real_run = gpt2.run
 
@@ -98,7 +96,7 @@ def test_curve_uses_one_batched_patched_forward(gpt2, monkeypatch):
     before = g.scores.clone(), g.in_circuit.clone()
     curve = faithfulness_curve(gpt2, g, [batch], runner=runner)
     assert len(calls) == 1 and calls[0] is not None  # 12 masks, one patched forward, no clean/corrupted re-runs
-    assert calls[0].shape[0] <= 11  # duplicates evaluated once, the all-edges mask reuses the clean run
+    assert calls[0].keep.shape[0] <= 11  # duplicates evaluated once, the all-edges mask reuses the clean run
     assert torch.equal(g.scores, before[0]) and torch.equal(g.in_circuit, before[1])  # graph untouched
     assert len(curve.faithfulness) == len(MIB_FRACTIONS)
 
@@ -148,8 +146,8 @@ def test_random_scores_baseline_in_plausible_range(gpt2):
     runner = PatchRunner(gpt2, [batch], "logit_diff")
     cprs, cmds = [], []
     for seed in range(8):
-        g = gpt2.graph.copy()
-        g.scores = torch.randn(g.n_edges, generator=torch.Generator().manual_seed(seed))
+        g = graph_for(gpt2.model)
+        g = g.with_scores(torch.randn(g.n_edges, generator=torch.Generator().manual_seed(seed)))
         signed = faithfulness_curve(gpt2, g, [batch], runner=runner)
         absolute = faithfulness_curve(gpt2, g, [batch], runner=runner, absolute=True)
         for c in (signed, absolute):
@@ -198,7 +196,7 @@ def test_roc_truth_forms_and_sign():
     g.scores[idx] = -5.0  # strongly negative: found by |score|, last by signed score
     mask = torch.zeros(g.n_edges, dtype=torch.bool)
     mask[idx] = True
-    gt = Graph.build(2, 2).set_circuit(truth)
+    gt = Graph.build(2, 2).with_circuit(truth)
     assert roc(g, truth).auc == roc(g, mask).auc == roc(g, gt).auc == 1.0
     assert roc(g.scores, mask).auc == 1.0
     assert roc(g, truth, absolute=False).auc == 0.0
@@ -225,7 +223,7 @@ def test_roc_bad_ground_truth():
 # ------------------------------------------------------------------------------------------ bad input
 def test_bad_fractions_and_degenerate_normalization(gpt2):
     batch = make_batch()
-    g = gpt2.graph.copy()
+    g = graph_for(gpt2.model)
     for fr in ((0.0, 0.5), (0.5, 1.5), (0.5, 0.2), ()):
         with pytest.raises(ValueError, match="fractions"):
             faithfulness_curve(gpt2, g, [batch], fractions=fr, metric="logit_diff")

@@ -11,21 +11,22 @@ import networkx as nx
 import pytest
 import torch
 
-from circuits import export as X
-from circuits.graph import Graph
+from circuits.render import export as X
+from circuits.graph import Graph, Provenance, Scoring, Selection
 
 
 def scored_graph(parallel: bool = False) -> Graph:
-    g = Graph.build(2, 3, parallel_attn_mlp=parallel, model="gpt2", task="ioi", faithfulness=0.9, nested={"k": [1, 2]})
-    g.scores = torch.randn(g.n_edges, generator=torch.Generator().manual_seed(0))
-    g.scores[5] = float("nan")
-    g.in_circuit = g.scores.abs() > 1.0
-    return g
+    prov = Provenance(model="gpt2", task="ioi", extra={"nested": {"k": [1, 2]}})
+    g = Graph.build(2, 3, parallel_attn_mlp=parallel, provenance=prov)
+    scores = torch.randn(g.n_edges, generator=torch.Generator().manual_seed(0))
+    scores[5] = float("nan")
+    g = g.with_scores(scores, scoring=Scoring(method="eap", metric="logit_diff"))
+    return g.with_circuit(scores.abs() > 1.0, Selection(rule="threshold", t=1.0)).with_provenance(faithfulness=0.9)
 
 
 def assert_same(a: Graph, b: Graph, circuit_only: bool = False) -> None:
     assert (a.n_layers, a.n_heads, a.parallel_attn_mlp) == (b.n_layers, b.n_heads, b.parallel_attn_mlp)
-    assert a.meta == b.meta
+    assert a.provenance == b.provenance
     assert torch.equal(a.in_circuit, b.in_circuit)
     if circuit_only:
         assert torch.equal(a.scores[a.in_circuit], b.scores[b.in_circuit])
@@ -61,7 +62,7 @@ def test_graphml_readable_by_networkx(tmp_path):
     p = X.save(g, tmp_path / "c.graphml")
     h = nx.read_graphml(p)
     assert h.graph["n_layers"] == 2 and h.graph["n_heads"] == 3 and h.graph["parallel_attn_mlp"] is False
-    assert json.loads(h.graph["meta"]) == g.meta
+    assert json.loads(h.graph["meta"]) == g.provenance.to_dict()
     got = {d["name"]: (d["score"], d["in_circuit"], d["input"]) for _, _, d in h.edges(data=True)}
     names, scores = g.edge_names(), g.scores.tolist()
     assert set(got) == set(names)
@@ -143,7 +144,7 @@ def test_errors_and_files(tmp_path):
     assert X.load(p, format="csv").n_heads == 3
     with pytest.raises(FileExistsError, match="overwrite=True"):
         X.save(g, p, format="csv")
-    g.meta["faithfulness"] = 0.5
+    g = g.with_provenance(faithfulness=0.5)
     X.save(g, p, format="csv", overwrite=True)
-    assert X.load(p, format="csv").meta["faithfulness"] == 0.5
+    assert X.load(p, format="csv").provenance.faithfulness == 0.5
     assert sorted(x.name for x in p.parent.iterdir()) == ["c.txt"]  # no temp files left

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
 
 from circuits import Graph, graph_for
-from circuits.graph import expected_edge_count
+from circuits.graph import Provenance, Scoring, Selection, expected_edge_count
 
 
 @pytest.mark.parametrize(
@@ -43,9 +43,9 @@ def test_parallel_residual_count_and_edges():
 def test_topological_order_and_validity():
     g = Graph.build(3, 2)
     # every edge goes from an earlier sender to a later receiver: times strictly increase
-    assert bool((g.sender_time[g.edge_sender] < g.receiver_time[g.edge_receiver]).all())
+    assert bool((g.layout.sender_time[g.edge_sender] < g.layout.receiver_time[g.edge_receiver]).all())
     assert g.senders[0] == "input" and g.nodes[-1] == "logits"
-    assert (g.sender_time[1:] >= g.sender_time[:-1]).all()
+    assert (g.layout.sender_time[1:] >= g.layout.sender_time[:-1]).all()
 
 
 def test_edge_index_roundtrip_and_errors():
@@ -58,24 +58,28 @@ def test_edge_index_roundtrip_and_errors():
     with pytest.raises(ValueError, match="unknown receiver"):
         g.edge_index("input->a0.h0<x>")
     with pytest.raises(ValueError, match="shape"):
-        g.edge_mask(torch.ones(g.n_edges + 1))
+        g.layout.keep_mask(torch.ones(g.n_edges + 1))
 
 
 def test_dense_roundtrip():
     g = Graph.build(2, 2)
     v = torch.randn(g.n_edges)
-    assert torch.equal(g.from_dense(g.to_dense(v)), v)
-    assert g.to_dense(v)[~g.valid].abs().sum() == 0
+    lay = g.layout
+    assert torch.equal(lay.from_dense(lay.to_dense(v)), v)
+    assert lay.to_dense(v)[~g.valid].abs().sum() == 0
+    W = lay.patch_weights(torch.stack([v, 1 - v]))  # the only keep-mask -> patch-weight conversion
+    assert W.shape == (2, g.n_senders, g.n_receivers) and W[:, ~g.valid].abs().sum() == 0
+    assert torch.allclose(lay.from_dense(W[0]), 1 - v) and torch.allclose(lay.from_dense(W[1]), v)
 
 
 def test_json_roundtrip(tmp_path):
-    g = Graph.build(2, 2, model="tiny")
-    g.scores = torch.randn(g.n_edges)
-    g.in_circuit = torch.rand(g.n_edges) > 0.5
+    g = Graph.build(2, 2, provenance=Provenance(model="tiny"))
+    g = g.with_scores(torch.randn(g.n_edges), scoring=Scoring(method="eap", metric="logit_diff", n_examples=3))
+    g = g.with_circuit(torch.rand(g.n_edges) > 0.5, Selection(rule="topn", n=7))
     path = g.save_json(tmp_path / "sub" / "g.json")
     g2 = Graph.load_json(path)
     assert torch.equal(g.scores, g2.scores) and torch.equal(g.in_circuit, g2.in_circuit)
-    assert g2.meta == {"model": "tiny"}
+    assert g2.provenance == g.provenance and g2.provenance.scoring.method == "eap"
     assert json.dumps(g.to_dict()) == json.dumps(g2.to_dict())
     d = g.to_dict()
     d["format"] = "other"
@@ -85,8 +89,7 @@ def test_json_roundtrip(tmp_path):
 
 def test_networkx_roundtrip():
     g = Graph.build(2, 2)
-    g.scores = torch.randn(g.n_edges)
-    g.in_circuit = torch.rand(g.n_edges) > 0.3
+    g = g.with_scores(torch.randn(g.n_edges)).with_circuit(torch.rand(g.n_edges) > 0.3)
     nxg = g.to_networkx()
     assert isinstance(nxg, nx.MultiDiGraph) and nxg.number_of_edges() == g.n_edges
     g2 = Graph.from_networkx(nxg)
@@ -101,7 +104,7 @@ def test_node_view():
     kept = set(g.edge_names(m.nonzero().flatten()))
     assert all(n.startswith(("input->", "a0.h1->")) for n in kept)
     assert len(kept) == int((g.edge_sender == 0).sum() + (g.edge_sender == 2).sum())
-    g.scores = torch.ones(g.n_edges)
+    g = g.with_scores(torch.ones(g.n_edges))
     assert g.node_scores()[0] == (g.edge_sender == 0).sum()
 
 

@@ -3,6 +3,10 @@
 import pytest
 import torch
 
+from circuits.models import graph_for
+
+from circuits.runtime import Patch, Probe
+
 from circuits import TracedModel
 from circuits.metrics import get_metric
 from circuits.patching import (
@@ -30,16 +34,16 @@ def slow_effect(tm, batch, edge, metric="logit_diff"):
     with torch.no_grad():
         zc = tm.run(batch.corrupted, batch.attention_mask, record=True).senders
         clean = tm.run(batch.clean, batch.attention_mask).logits
-        w = torch.zeros(tm.graph.n_edges)
-        w[edge] = 1.0
-        patched = tm.run(batch.clean, batch.attention_mask, corrupted=zc, patch=w).logits
+        keep = torch.ones(tm.layout.n_edges)
+        keep[edge] = 0.0
+        patched = tm.run(batch.clean, batch.attention_mask, patch=Patch(keep, zc)).logits
     return float(m(clean, batch).mean() - m(patched, batch).mean())
 
 
 def test_exact_effects_equal_slow_reference(setup):
     tm, data = setup
     eff = exact_edge_effects(tm, data, "logit_diff", max_rows=16)  # small chunks: many forwards
-    for e in torch.linspace(0, tm.graph.n_edges - 1, 12).long().tolist():
+    for e in torch.linspace(0, tm.layout.n_edges - 1, 12).long().tolist():
         assert abs(eff[e].item() - slow_effect(tm, data[0], e)) < 1e-5
 
 
@@ -56,7 +60,7 @@ def test_sparse_exact_effects_equal_patched_forward(family, ablation, metric):
                   torch.randint(0, VOCAB, (3, 1), generator=g), answer_pos=torch.tensor([8, 5, 8]))
     runner = PatchRunner(tm, [batch], metric, ablation=ablation, max_rows=8)  # chunks of 2 edges
     eff = exact_edge_effects(tm, [batch], runner=runner)
-    E = tm.graph.n_edges
+    E = tm.layout.n_edges
     dense = runner.metric_values(torch.cat([torch.ones(1, E), 1 - torch.eye(E)]))
     ref = runner.badness(dense[1:]) - runner.badness(dense[:1])
     scale = float(ref.abs().max())
@@ -69,7 +73,7 @@ def test_sparse_exact_effects_equal_patched_forward(family, ablation, metric):
 def test_exact_effects_under_base_mask(setup):
     """With a base mask (edges already removed) each effect is taken against that circuit."""
     tm, data = setup
-    E = tm.graph.n_edges
+    E = tm.layout.n_edges
     base = (torch.rand(E, generator=torch.Generator().manual_seed(1)) > 0.3).float()
     edges = base.nonzero().flatten()[::7]
     eff = exact_edge_effects(tm, data, "logit_diff", edges=edges, base_mask=base)
@@ -84,17 +88,17 @@ def test_exact_effects_subset_and_names(setup):
     tm, data = setup
     names = ["input->a0.h0<q>", "a1.h2->logits", "m0->a2.h1<v>"]
     eff = exact_edge_effects(tm, data, "logit_diff", edges=names)
-    idx = tm.graph.edge_index(names)
+    idx = tm.layout.edge_index(names)
     assert torch.isfinite(eff[idx]).all() and int(torch.isfinite(eff).sum()) == 3
 
 
 def sequential_acdc(tm, data, tau, metric="kl_div"):
     """Reference ACDC: one evaluation per edge, no batching, no skipping."""
     r = PatchRunner(tm, data, metric)
-    g = tm.graph
+    g = graph_for(tm.model)
     cur = torch.ones(g.n_edges)
     cur_bad = float(r.badness(r.metric_values(cur[None]))[0])
-    lookup = g.edge_lookup()
+    lookup = g.layout.edge_table
     for recv in reversed(range(g.n_receivers)):
         cand = lookup[:, recv]
         for e in cand[cand >= 0].flip(0).tolist():
@@ -112,7 +116,7 @@ def test_acdc_matches_sequential_reference(tau):
     data = [make_batch(seed=3, B=3, P=6)]
     res = acdc(tm, data, tau)
     assert torch.equal(res.graph.in_circuit, sequential_acdc(tm, data, tau))
-    assert sorted(res.order) == list(range(tm.graph.n_edges))
+    assert sorted(res.order) == list(range(tm.layout.n_edges))
 
 
 def test_acdc_thresholds(setup):
@@ -133,7 +137,7 @@ def test_acdc_thresholds(setup):
 def test_path_patching_to_all_receivers_is_node_patching(setup):
     tm, data = setup
     batch = data[0]
-    g = tm.graph
+    g = graph_for(tm.model)
     sender = "a1.h2"
     all_receivers = [r for r in g.receivers if g.valid[g.sender_index(sender), g.receiver_index(r)]]
     pp = path_patching(tm, data, [sender], all_receivers, "logit_diff")
@@ -148,7 +152,7 @@ def test_path_patching_to_all_receivers_is_node_patching(setup):
             return z
 
         clean = tm.run(batch.clean, batch.attention_mask).logits
-        patched = tm.run(batch.clean, batch.attention_mask, sender_hook=hook).logits
+        patched = tm.run(batch.clean, batch.attention_mask, probe=Probe(sender_hook=hook)).logits
     m = get_metric("logit_diff")
     assert abs(pp - float(m(patched, batch).mean() - m(clean, batch).mean())) < 1e-5
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuits.attribution import attribute
+from circuits.scores import attribute
 from circuits.graph import Graph
 from circuits.models import graph_for
 from circuits.patching import PatchRunner, exact_edge_effects
@@ -83,11 +83,11 @@ def test_ground_truth_is_a_valid_graph(planted):
     name, model, _, _, tm, _ = planted
     gt = ground_truth(name)
     assert isinstance(gt, Graph)
-    assert gt.edge_names() == graph_for(model).edge_names() == tm.graph.edge_names()
+    assert gt.edge_names() == graph_for(model).edge_names() == tm.layout.edge_names()
     edges = gt.circuit_edges()
     assert 4 <= len(edges) <= 10
-    assert set(edges) == set(gt.meta["edges"]), "meta['edges'] must describe exactly the circuit"
-    assert gt.meta["description"]
+    assert set(edges) == set(gt.provenance.extra["edges"]), "meta['edges'] must describe exactly the circuit"
+    assert gt.provenance.extra["description"]
     assert gt.edge_index(edges).numel() == len(edges)  # names parse and are edges of this graph
     assert any(e.endswith(("<q>", "<k>")) for e in edges), "each planted circuit has a q/k edge"
 

@@ -6,8 +6,8 @@ from collections import defaultdict
 import pytest
 import torch
 
-from circuits.graph import Graph
-from circuits.prune import dangling_mask, greedy, remove_dangling, threshold, top_fraction, topn, topn_masks
+from circuits.graph import Graph, Selection
+from circuits.circuit.prune import dangling_mask, greedy, remove_dangling, threshold, top_fraction, topn, topn_masks
 
 SHAPES = [(1, 1, False), (2, 2, False), (3, 2, True), (2, 3, False)]
 
@@ -83,9 +83,7 @@ def greedy_reference(g: Graph, n: int, absolute: bool) -> torch.Tensor:
 
 
 def circuit(g: Graph, names):
-    g = g.copy()
-    g.set_circuit(names)
-    return g
+    return g.with_circuit(names)
 
 
 # ------------------------------------------------------------------------------------------ dangling
@@ -106,14 +104,12 @@ def test_dangling_removal_keeps_exactly_the_edges_on_input_logits_paths(shape):
 
 
 def test_edge_into_node_without_outgoing_edges_is_removed():
-    g = circuit(Graph.build(2, 2), ["input->a0.h0<q>", "input->logits"])
-    remove_dangling(g)
+    g = remove_dangling(circuit(Graph.build(2, 2), ["input->a0.h0<q>", "input->logits"]))
     assert g.circuit_edges() == ["input->logits"]
 
 
 def test_edge_out_of_node_without_incoming_edges_is_removed():
-    g = circuit(Graph.build(2, 2), ["a0.h0->logits", "m1->logits", "input->m1"])
-    remove_dangling(g)
+    g = remove_dangling(circuit(Graph.build(2, 2), ["a0.h0->logits", "m1->logits", "input->m1"]))
     assert sorted(g.circuit_edges()) == ["input->m1", "m1->logits"]
 
 
@@ -136,10 +132,11 @@ def test_chains_collapse_and_survive_as_a_whole():
     assert g.n_circuit_edges == 2
 
 
-def test_remove_dangling_mutates_in_place_and_returns_graph():
+def test_remove_dangling_returns_a_new_graph():
     g = circuit(Graph.build(2, 2), ["input->a0.h0<q>"])
-    assert remove_dangling(g) is g
-    assert g.n_circuit_edges == 0
+    pruned = remove_dangling(g)
+    assert pruned is not g and pruned.n_circuit_edges == 0
+    assert g.n_circuit_edges == 1
 
 
 # ------------------------------------------------------------------------------------------ selection rules
@@ -152,86 +149,86 @@ def scored(names_scores, shape=(2, 2)):
 
 def test_topn_keeps_the_n_best_and_prunes():
     g = scored({"input->logits": 5.0, "a1.h0->logits": -4.0, "input->a1.h0<q>": 3.0, "a0.h0->m0": 2.5, "m1->logits": 1.0})
-    topn(g, 3, absolute=True, prune=False)
-    assert sorted(g.circuit_edges()) == ["a1.h0->logits", "input->a1.h0<q>", "input->logits"]
-    topn(g, 3, absolute=False, prune=False)  # signed: the -4 edge drops out
-    assert sorted(g.circuit_edges()) == ["a0.h0->m0", "input->a1.h0<q>", "input->logits"]
-    topn(g, 3, absolute=False, prune=True)  # a0.h0->m0 dangles, input->a1.h0<q> too (a1.h0 has no output)
-    assert g.circuit_edges() == ["input->logits"]
-    assert g.meta["selection"] == {"rule": "topn", "n": 3, "absolute": False, "prune": True}
+    c = topn(g, 3, absolute=True, prune=False)
+    assert sorted(c.circuit_edges()) == ["a1.h0->logits", "input->a1.h0<q>", "input->logits"]
+    c = topn(g, 3, absolute=False, prune=False)  # signed: the -4 edge drops out
+    assert sorted(c.circuit_edges()) == ["a0.h0->m0", "input->a1.h0<q>", "input->logits"]
+    c = topn(g, 3, absolute=False, prune=True)  # a0.h0->m0 dangles, input->a1.h0<q> too (a1.h0 has no output)
+    assert c.circuit_edges() == ["input->logits"]
+    assert c.provenance.selection == Selection(rule="topn", n=3, absolute=False, prune=True)
     assert topn(g, 0).n_circuit_edges == 0
     assert topn(g, g.n_edges, prune=False).n_circuit_edges == g.n_edges
     assert topn(g, g.n_edges).n_circuit_edges == g.n_edges  # the full graph has no dangling edges
     for bad in (-1, g.n_edges + 1, 2.5):
         with pytest.raises(ValueError, match="n must"):
-            topn(g, bad)
+            c = topn(g, bad)
 
 
 def test_topn_breaks_ties_by_edge_index():
     g = Graph.build(2, 2)
     g.scores[:] = 1.0
-    topn(g, 4, prune=False)
-    assert g.in_circuit.nonzero().flatten().tolist() == [0, 1, 2, 3]
+    c = topn(g, 4, prune=False)
+    assert c.in_circuit.nonzero().flatten().tolist() == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("absolute", [True, False])
 def test_topn_masks_equal_topn_on_copies(absolute):
     g = Graph.build(3, 2)
-    g.scores = torch.randn(g.n_edges, generator=torch.Generator().manual_seed(1)).round(decimals=1)  # with ties
+    g = g.with_scores(torch.randn(g.n_edges, generator=torch.Generator().manual_seed(1)).round(decimals=1))  # with ties
     ns = [0, 1, 5, 20, 60, g.n_edges]
     before = g.in_circuit.clone()
     for prune in (True, False):
         masks = topn_masks(g, ns, absolute, prune)
         for n, m in zip(ns, masks):
-            assert torch.equal(m, topn(g.copy(), n, absolute, prune).in_circuit)
+            assert torch.equal(m, topn(g, n, absolute, prune).in_circuit)
     assert torch.equal(g.in_circuit, before)
 
 
 def test_threshold_is_inclusive_and_respects_sign():
     g = scored({"input->logits": 2.0, "a1.h0->logits": -2.0, "input->a1.h0<q>": 1.0, "m1->logits": 0.5})
-    threshold(g, 1.0, absolute=True, prune=False)
-    assert sorted(g.circuit_edges()) == ["a1.h0->logits", "input->a1.h0<q>", "input->logits"]
-    threshold(g, 1.0, absolute=False, prune=False)
-    assert sorted(g.circuit_edges()) == ["input->a1.h0<q>", "input->logits"]
-    threshold(g, 1.0, absolute=True, prune=True)
-    assert sorted(g.circuit_edges()) == ["a1.h0->logits", "input->a1.h0<q>", "input->logits"]
-    threshold(g, 1.0, absolute=False, prune=True)  # a1.h0 lost its output edge
-    assert g.circuit_edges() == ["input->logits"]
+    c = threshold(g, 1.0, absolute=True, prune=False)
+    assert sorted(c.circuit_edges()) == ["a1.h0->logits", "input->a1.h0<q>", "input->logits"]
+    c = threshold(g, 1.0, absolute=False, prune=False)
+    assert sorted(c.circuit_edges()) == ["input->a1.h0<q>", "input->logits"]
+    c = threshold(g, 1.0, absolute=True, prune=True)
+    assert sorted(c.circuit_edges()) == ["a1.h0->logits", "input->a1.h0<q>", "input->logits"]
+    c = threshold(g, 1.0, absolute=False, prune=True)  # a1.h0 lost its output edge
+    assert c.circuit_edges() == ["input->logits"]
 
 
 def test_top_fraction_counts_and_bounds():
     g = Graph.build(2, 2)
-    g.scores = torch.arange(g.n_edges, dtype=torch.float32)
+    g = g.with_scores(torch.arange(g.n_edges, dtype=torch.float32))
     for k in (0.001, 0.1, 0.5, 1.0):
-        top_fraction(g, k, prune=False)
-        assert g.n_circuit_edges == int(k * g.n_edges)
-        assert g.meta["selection"]["rule"] == "top_fraction"
+        c = top_fraction(g, k, prune=False)
+        assert c.n_circuit_edges == int(k * g.n_edges)
+        assert c.provenance.selection.rule == "top_fraction"
     for k in (0.0, -0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match=r"\(0, 1\]"):
-            top_fraction(g, k)
+            c = top_fraction(g, k)
 
 
 def test_greedy_grows_from_the_logits():
     g = scored({"a0.h0->m0": 10.0, "a1.h0->logits": 5.0, "a0.h1->a1.h0<v>": 4.0, "m1->logits": 3.0,
                 "input->a1.h0<q>": 0.5, "input->a0.h1<k>": 0.25})
     # a0.h0->m0 (10) is never reachable: m0 does not enter the circuit
-    greedy(g, 2, prune=False)
-    assert sorted(g.circuit_edges()) == ["a0.h1->a1.h0<v>", "a1.h0->logits"]
-    greedy(g, 2, prune=True)  # a0.h1 has no inputs yet: the whole chain dangles
-    assert g.circuit_edges() == []
-    greedy(g, 3, prune=False)
-    assert sorted(g.circuit_edges()) == ["a0.h1->a1.h0<v>", "a1.h0->logits", "m1->logits"]
-    greedy(g, 5, prune=True)
-    assert sorted(g.circuit_edges()) == ["a0.h1->a1.h0<v>", "a1.h0->logits", "input->a0.h1<k>", "input->a1.h0<q>"]
+    c = greedy(g, 2, prune=False)
+    assert sorted(c.circuit_edges()) == ["a0.h1->a1.h0<v>", "a1.h0->logits"]
+    c = greedy(g, 2, prune=True)  # a0.h1 has no inputs yet: the whole chain dangles
+    assert c.circuit_edges() == []
+    c = greedy(g, 3, prune=False)
+    assert sorted(c.circuit_edges()) == ["a0.h1->a1.h0<v>", "a1.h0->logits", "m1->logits"]
+    c = greedy(g, 5, prune=True)
+    assert sorted(c.circuit_edges()) == ["a0.h1->a1.h0<v>", "a1.h0->logits", "input->a0.h1<k>", "input->a1.h0<q>"]
     with pytest.raises(ValueError, match="n must"):
-        greedy(g, g.n_edges + 1)
+        c = greedy(g, g.n_edges + 1)
 
 
 @pytest.mark.parametrize("absolute", [True, False])
 def test_greedy_matches_heap_reference(absolute):
     g = Graph.build(3, 2)
     gen = torch.Generator().manual_seed(3)
-    g.scores = torch.randn(g.n_edges, generator=gen)
+    g = g.with_scores(torch.randn(g.n_edges, generator=gen))
     for n in (1, 7, 40, g.n_edges):
         assert torch.equal(greedy(g, n, absolute, prune=False).in_circuit, greedy_reference(g, n, absolute))
         assert torch.equal(greedy(g, n, absolute).in_circuit, on_path_reference(g, greedy_reference(g, n, absolute)))
@@ -245,10 +242,11 @@ def test_nan_scores_are_named():
             fn(g, arg)
 
 
-def test_selection_does_not_touch_scores():
+def test_selection_returns_new_graphs_and_leaves_the_input_alone():
     g = Graph.build(2, 2)
-    g.scores = torch.randn(g.n_edges, generator=torch.Generator().manual_seed(0))
+    g = g.with_scores(torch.randn(g.n_edges, generator=torch.Generator().manual_seed(0)))
     before = g.scores.clone()
     for fn, arg in ((topn, 5), (threshold, 0.5), (top_fraction, 0.3), (greedy, 5)):
-        assert fn(g, arg) is g
-        assert torch.equal(g.scores, before)
+        c = fn(g, arg)
+        assert c is not g and torch.equal(c.scores, before)
+        assert torch.equal(g.scores, before) and bool(g.in_circuit.all())

@@ -10,8 +10,8 @@ import graphviz
 import pytest
 import torch
 
-from circuits import render as R
-from circuits.graph import Graph
+from circuits.render import diagram as R
+from circuits.graph import Graph, Scoring
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 HAVE_DOT = shutil.which("dot") is not None
@@ -31,10 +31,10 @@ CIRCUIT = {
 
 
 def small_graph(**meta) -> Graph:
-    g = Graph.build(2, 2, **meta)
-    g.scores = 0.01 * torch.ones(g.n_edges)  # out-of-circuit edges have scores too
-    g.scores[g.edge_index(list(CIRCUIT))] = torch.tensor(list(CIRCUIT.values()))
-    return g.set_circuit(list(CIRCUIT))
+    g = Graph.build(2, 2)
+    scores = 0.01 * torch.ones(g.n_edges)  # out-of-circuit edges have scores too
+    scores[g.edge_index(list(CIRCUIT))] = torch.tensor(list(CIRCUIT.values()))
+    return g.with_scores(scores).with_circuit(list(CIRCUIT)).with_provenance(**meta)
 
 
 def svg_nodes_edges(svg: str) -> tuple[set[str], Counter]:
@@ -115,7 +115,7 @@ def test_merge_qkv_and_collapse_heads():
 
 
 def test_groups_title_legend():
-    g = small_graph(model="gpt2", task="ioi", method="eap-ig", faithfulness=0.912)
+    g = small_graph(model="gpt2", task="ioi", scoring=Scoring(method="eap-ig"), faithfulness=0.912)
     src = R.to_dot(g, groups={"name movers": ["a1.h0", "a1.h1"], "unused": ["a0.h0"]}).source
     assert "subgraph cluster_group0" in src and "label=\"name movers\"" in src
     assert "cluster_group1" not in src  # no member in the circuit

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import GPT2Config, T5Config
 
-from circuits import TracedModel, graph_for
+from circuits import Patch, TracedModel, graph_for
 from circuits.models import adapter_class
 from circuits.runtime import default_position_ids
 from tiny_models import FAMILIES, VOCAB, random_batch, tiny_model
@@ -48,7 +48,7 @@ def test_answer_position_logits_equal_full_run(family):
         rows = torch.arange(clean.shape[0])
         assert at.shape == (clean.shape[0], 1, full.logits.shape[-1])
         assert (at[:, 0] - full.logits[rows, pos]).abs().max() <= TOL
-        last = tm.graph.n_layers - 1
+        last = tm.layout.n_layers - 1
         from circuits.runtime import Prefix
         resumed = tm.run(clean, mask, logit_positions=pos, resume=Prefix(last, full.resid[last], full.senders)).logits
         assert (resumed - at).abs().max() <= TOL
@@ -59,7 +59,7 @@ def test_receiver_classes_equal_per_receiver_path(family):
     mixed (own input); it must equal the per-group einsum path used under autograd."""
     _, model, tm = family
     clean, corr, mask = random_batch()
-    g = tm.graph
+    g = tm.layout
     gen = torch.Generator().manual_seed(0)
     K = 5
     W = torch.zeros(K, g.n_senders, g.n_receivers)
@@ -72,9 +72,9 @@ def test_receiver_classes_equal_per_receiver_path(family):
     W[4][W[4] == 1] = 0.5  # fractional weights are mixed, not removed
     with torch.no_grad():
         zc = tm.run(corr, mask, record=True).senders
-        fast = tm.run(clean, mask, corrupted=zc, patch=W).logits
+        fast = tm.run(clean, mask, patch=Patch(1 - g.from_dense(W), zc)).logits
     with torch.enable_grad():  # not buffered: one einsum per sender group and receiver group
-        ref = tm.run(clean, mask, corrupted=zc, patch=W).logits.detach()
+        ref = tm.run(clean, mask, patch=Patch(1 - g.from_dense(W), zc)).logits.detach()
     real = mask.bool().repeat(K, 1)
     assert (fast - ref)[real].abs().max() <= TOL
     assert (ref[:3] - ref[6:9])[mask.bool()].abs().max() > 1e-3  # the masks do differ
@@ -86,7 +86,7 @@ def test_all_edges_patched_reproduces_corrupted_run(family):
     real = mask.bool()
     with torch.no_grad():
         c = tm.run(corr, mask, record=True)
-        patched = tm.run(clean, mask, corrupted=c.senders, patch=torch.ones(tm.graph.n_edges)).logits
+        patched = tm.run(clean, mask, patch=Patch(torch.zeros(tm.layout.n_edges), c.senders)).logits
     assert (patched - hf_logits(model, corr, mask))[real].abs().max() <= TOL
 
 
@@ -96,7 +96,7 @@ def test_no_edges_patched_is_clean_run(family):
     with torch.no_grad():
         c = tm.run(corr, mask, record=True)
         a = tm.run(clean, mask).logits
-        b = tm.run(clean, mask, corrupted=c.senders, patch=torch.zeros(tm.graph.n_edges)).logits
+        b = tm.run(clean, mask, patch=Patch(torch.ones(tm.layout.n_edges), c.senders)).logits
     assert torch.equal(a, b)
 
 
@@ -105,12 +105,12 @@ def test_batch_of_masks_equals_one_by_one(family):
     clean, corr, mask = random_batch()
     B = clean.shape[0]
     gen = torch.Generator().manual_seed(0)
-    masks = torch.rand(3, tm.graph.n_edges, generator=gen)  # fractional: interpolation
+    masks = torch.rand(3, tm.layout.n_edges, generator=gen)  # fractional: interpolation
     with torch.no_grad():
         c = tm.run(corr, mask, record=True)
-        batched = tm.run(clean, mask, corrupted=c.senders, patch=1 - masks).logits
+        batched = tm.run(clean, mask, patch=Patch(masks, c.senders)).logits
         for k in range(3):
-            single = tm.run(clean, mask, corrupted=c.senders, patch=1 - masks[k]).logits
+            single = tm.run(clean, mask, patch=Patch(masks[k], c.senders)).logits
             assert (batched[k * B : (k + 1) * B] - single).abs().max() <= 1e-5
 
 
@@ -120,7 +120,7 @@ def test_node_patch_matches_transformers_hooks():
     model = tiny_model("llama")
     tm = TracedModel(model)
     clean, corr, mask = random_batch()
-    g = tm.graph
+    g = tm.layout
     layer, head, dh = 1, 2, tm.adapter.head_dim
     o_proj = model.model.layers[layer].self_attn.o_proj
     mlp0 = model.model.layers[0].mlp
@@ -145,10 +145,10 @@ def test_node_patch_matches_transformers_hooks():
     h2 = mlp0.register_forward_hook(lambda mod, args, out: store["mlp"])
     ref = hf_logits(model, clean, mask)
     h1.remove(), h2.remove()
-    keep = ~g.node_mask_to_edge_mask([f"a{layer}.h{head}", "m0"])
+    keep = ~graph_for(model).node_mask_to_edge_mask([f"a{layer}.h{head}", "m0"])
     with torch.no_grad():
         c = tm.run(corr, mask, record=True)
-        out = tm.run(clean, mask, corrupted=c.senders, patch=(~keep).float()).logits
+        out = tm.run(clean, mask, patch=Patch(keep.float(), c.senders)).logits
     assert (out - ref)[mask.bool()].abs().max() <= TOL
 
 
@@ -157,7 +157,7 @@ def test_record_shapes(family):
     clean, _, mask = random_batch()
     with torch.no_grad():
         out = tm.run(clean, mask, record=True)
-    S = tm.graph.n_senders
+    S = tm.layout.n_senders
     assert out.senders.shape == (S, *clean.shape, tm.adapter.d_model)
     assert out.logits.shape == (*clean.shape, VOCAB)
 
@@ -169,7 +169,7 @@ def test_low_precision_runs(dtype):
     clean, corr, mask = random_batch()
     with torch.no_grad():
         c = tm.run(corr, mask, record=True)
-        out = tm.run(clean, mask, corrupted=c.senders, patch=torch.ones(tm.graph.n_edges) * 0.5)
+        out = tm.run(clean, mask, patch=Patch(torch.full((tm.layout.n_edges,), 0.5), c.senders))
     assert out.logits.dtype == dtype and torch.isfinite(out.logits).all()
     ref = hf_logits(model, clean, mask)
     with torch.no_grad():
@@ -183,16 +183,15 @@ def test_bad_inputs():
     with torch.no_grad():
         c = tm.run(corr, mask, record=True)
         with pytest.raises(ValueError, match="same shape"):
-            tm.run(clean[:, :-1], mask[:, :-1], corrupted=c.senders, patch=torch.ones(tm.graph.n_edges))
-        with pytest.raises(ValueError, match="patch must be"):
-            tm.run(clean, mask, corrupted=c.senders, patch=torch.ones(tm.graph.n_edges + 3))
-        with pytest.raises(ValueError, match="corrupted run"):
-            tm.run(clean, mask, patch=torch.ones(tm.graph.n_edges))
+            tm.run(clean[:, :-1], mask[:, :-1], patch=Patch(torch.zeros(tm.layout.n_edges), c.senders))
+        with pytest.raises(ValueError, match="edge mask must have shape"):
+            tm.run(clean, mask, patch=Patch(torch.zeros(tm.layout.n_edges + 3), c.senders))
+        with pytest.raises(ValueError, match="reference sender outputs"):
+            tm.run(clean, mask, patch=Patch(torch.zeros(tm.layout.n_edges), c.senders[1:]))
         with pytest.raises(ValueError, match="attention_mask"):
             tm.run(clean, mask[:, :-1])
     with pytest.raises(NotImplementedError, match="Supported: gpt2"):
         adapter_class(T5Config())
     with pytest.raises(NotImplementedError, match="reorder_and_upcast_attn"):
         graph_for(GPT2Config(reorder_and_upcast_attn=True))
-    with pytest.raises(ValueError, match="does not match the model"):
-        TracedModel(model, graph=graph_for(GPT2Config(n_layer=5)))
+

@@ -1,4 +1,4 @@
-"""Tests for circuits.tokenization: the llama2.c tokenizer conversion.
+"""Tests for circuits.zoo.llama2c_tokenizer: the llama2.c tokenizer conversion.
 
 The reference below is an independent, line-by-line Python port of llama2.c's
 ``encode`` (run.c), working on the raw bytes of ``tok512.bin``; the converted
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from circuits.tokenization import (
+from circuits.zoo.llama2c_tokenizer import (
     convert_llama2c_tokenizer,
     load_llama2c_tokenizer,
     read_llama2c_vocab,

@@ -134,7 +134,7 @@ def test_stories260k_solves_pronoun_as_its_card_says(stories) -> None:
 
 def test_stories260k_tokenizer_matches_asset_conversion(stories) -> None:
     """The shipped tokenizer.json is what the converter produces from the shipped tok512.bin."""
-    from circuits.tokenization import load_llama2c_tokenizer
+    from circuits.zoo.llama2c_tokenizer import load_llama2c_tokenizer
 
     _, tokenizer = stories
     fresh = load_llama2c_tokenizer(zoo.MODELS["stories260k"].path / "tok512.bin", vocab_size=512)

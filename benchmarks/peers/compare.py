@@ -234,7 +234,7 @@ def _our_graph(model):
 
 # ----------------------------------------------------------------------------------------- method harnesses
 def _h_ours(torch, model, data, spec, method):
-    from circuits.attribution import attribute
+    from circuits.scores import attribute
     from circuits.metrics import logit_diff
     from circuits.patching import exact_edge_effects
 
@@ -484,7 +484,7 @@ def worker_main(spec_path: str) -> None:
         import torch  # noqa: F401
 
         torch, model, data = _load_common(spec)
-        import circuits.attribution  # noqa: F401  (import ours now, so the recorded version is what runs)
+        import circuits.scores  # noqa: F401  (import ours now, so the recorded version is what runs)
         import circuits.patching  # noqa: F401
 
         out["code"] = _code_version()

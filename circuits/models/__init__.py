@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from ..graph import Graph
+from ..graph import Graph, Provenance
 from .base import Adapter
 from .gpt2 import GPT2Adapter
 from .gpt_neo import GPTNeoAdapter
@@ -39,14 +39,15 @@ def get_adapter(model: nn.Module) -> Adapter:
     return adapter_class(config)(model)
 
 
-def graph_for(model_or_config: Any, **meta: Any) -> Graph:
+def graph_for(model_or_config: Any) -> Graph:
     """The edge-level graph of a model or config (no weights needed; works on the meta device)."""
     config = getattr(model_or_config, "config", model_or_config)
     cls = adapter_class(config)
     cls.check_config(config)
     shape = cls.graph_shape(config)
-    meta.setdefault("model_type", config.model_type)
-    return Graph.build(shape["n_layers"], shape["n_heads"], shape["parallel_attn_mlp"], **meta)
+    name = str(getattr(config, "_name_or_path", "") or "")
+    return Graph.build(shape["n_layers"], shape["n_heads"], shape["parallel_attn_mlp"],
+                       Provenance(model=name, model_type=str(config.model_type)))
 
 
 __all__ = ["Adapter", "ADAPTERS", "SUPPORTED_MODEL_TYPES", "adapter_class", "get_adapter", "graph_for"]

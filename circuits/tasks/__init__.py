@@ -15,33 +15,33 @@ name               generator                                   default metric
 =================  ==========================================  ===============
 
 :func:`load_task` accepts one of these names or the path of a ``.csv`` / ``.jsonl`` file
-(see :mod:`circuits.tasks.custom`). :func:`gpt2_tokenizer` loads the GPT-2 tokenizer shipped with the package.
+(see :mod:`circuits.tasks.custom`). :func:`task_from_ids` builds a task from token ids (for models
+without a tokenizer). :func:`gpt2_tokenizer` loads the GPT-2 tokenizer shipped with the package.
+
+:data:`TASK_INFO` describes the built-in tasks in plain text without importing them: the generators
+(and torch) load on first use of :data:`TASKS`, a generator or a submodule.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from . import custom, docstring, gender, greater_than, induction, ioi, pronoun, sva
-from .base import Batch, Task
-from .custom import load_csv, load_jsonl
-from .docstring import make_docstring
-from .gender import make_gender
-from .greater_than import make_greater_than
-from .induction import make_induction
-from .ioi import make_ioi
-from .pronoun import make_pronoun
-from .sva import make_sva
+if TYPE_CHECKING:
+    from .base import Task
 
 __all__ = [
     "Batch",
     "Task",
+    "as_batches",
     "TASKS",
+    "TASK_INFO",
     "TASK_MODULES",
     "load_task",
     "load_csv",
     "load_jsonl",
+    "task_from_ids",
     "gpt2_tokenizer",
     "GPT2_TOKENIZER_DIR",
     "all_words",
@@ -54,26 +54,66 @@ __all__ = [
     "make_pronoun",
 ]
 
-TASKS: dict[str, Callable[..., Task]] = {
-    "ioi": make_ioi,
-    "greater-than": make_greater_than,
-    "induction": make_induction,
-    "docstring": make_docstring,
-    "sva": make_sva,
-    "gender": make_gender,
-    "pronoun": make_pronoun,
+TASK_INFO: dict[str, tuple[str, str, str]] = {
+    "ioi": ("ioi", "logit_diff",
+            "indirect object: 'When Mary and John went to the store, John gave a drink to' -> ' Mary'"),
+    "greater-than": ("greater_than", "prob_diff",
+                     "years: 'The war lasted from the year 1732 to the year 17' -> a number above 32"),
+    "induction": ("induction", "answer_logprob",
+                  "copy a repeated sequence of random tokens (token level, any tokenizer)"),
+    "docstring": ("docstring", "logit_diff",
+                  "Python docstrings: the next ':param' name, taken from the function's arguments"),
+    "sva": ("sva", "logit_diff",
+            "subject-verb agreement: 'The author near the guards' -> ' is', not ' are'"),
+    "gender": ("gender", "logit_diff",
+               "gendered pronoun after a name: 'So Mary is such a good friend, isn't' -> ' she'"),
+    "pronoun": ("pronoun", "logit_diff",
+                "story pronoun: 'Once upon a time, there was a little girl. Every day,' -> ' she'"),
 }
-"""Built-in task generators by name."""
+"""Built-in tasks, plain text and import-free (``circuits tasks`` lists it): name -> (module, default
+metric, one-line summary). The generator of ``name`` is ``circuits.tasks.<module>.make_<module>``."""
 
-TASK_MODULES = {
-    "ioi": ioi,
-    "greater-than": greater_than,
-    "induction": induction,
-    "docstring": docstring,
-    "sva": sva,
-    "gender": gender,
-    "pronoun": pronoun,
+_LAZY: dict[str, str] = {
+    "Batch": "base",
+    "Task": "base",
+    "as_batches": "base",
+    "load_csv": "custom",
+    "load_jsonl": "custom",
+    "task_from_ids": "custom",
+    **{f"make_{module}": module for module, _, _ in TASK_INFO.values()},
 }
+_SUBMODULES = ("base", "custom", *(module for module, _, _ in TASK_INFO.values()))
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: submodules (and torch, which they import) load on first use, so listing tasks stays cheap
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    elif name == "TASK_MODULES":
+        value = {task: importlib.import_module(f"{__name__}.{module}") for task, (module, _, _) in TASK_INFO.items()}
+    elif name == "TASKS":
+        value = {task: getattr(importlib.import_module(f"{__name__}.{module}"), f"make_{module}")
+                 for task, (module, _, _) in TASK_INFO.items()}
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def _loaded(name: str) -> Any:
+    return globals()[name] if name in globals() else __getattr__(name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))
+
+
+TASKS: dict[str, Callable[..., Task]]
+"""Built-in task generators by name (loaded on first access)."""
+
+TASK_MODULES: dict[str, Any]
 """The module of each built-in task (each has ``generate_examples(n, seed)`` and ``words()``)."""
 
 GPT2_TOKENIZER_DIR: Path = Path(__file__).resolve().parent.parent / "assets" / "gpt2-tokenizer"
@@ -107,24 +147,27 @@ def load_task(name_or_path: str | Path, tokenizer: Any, n: int | None = None, se
     to :func:`load_csv` / :func:`load_jsonl` (e.g. ``metric=``), ``seed`` is unused and ``n`` (if given) keeps
     the first ``n`` rows.
     """
-    if isinstance(name_or_path, str) and _canonical(name_or_path) in TASKS:
-        return TASKS[_canonical(name_or_path)](tokenizer, n=100 if n is None else n, seed=seed, **kw)
+    if isinstance(name_or_path, str) and _canonical(name_or_path) in TASK_INFO:
+        generator = _loaded("TASKS")[_canonical(name_or_path)]
+        return generator(tokenizer, n=100 if n is None else n, seed=seed, **kw)
     path = Path(name_or_path)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".jsonl"):
         if not path.exists():
             raise ValueError(f"task file does not exist: {path}")
+        from .custom import load_csv, load_jsonl
+
         task = load_csv(path, tokenizer, **kw) if suffix == ".csv" else load_jsonl(path, tokenizer, **kw)
         return task.subset(min(n, len(task))) if n is not None else task
     if path.exists():
         raise ValueError(f"cannot load task from {path}: expected a .csv or .jsonl file")
-    raise ValueError(f"unknown task {str(name_or_path)!r}; valid names: {', '.join(TASKS)} "
+    raise ValueError(f"unknown task {str(name_or_path)!r}; valid names: {', '.join(TASK_INFO)} "
                      "(or the path of a .csv / .jsonl file)")
 
 
 def all_words() -> set[str]:
     """Union of every built-in task's ``words()`` (for building word-level tokenizers)."""
     out: set[str] = set()
-    for module in TASK_MODULES.values():
+    for module in _loaded("TASK_MODULES").values():
         out |= module.words()
     return out

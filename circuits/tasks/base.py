@@ -26,9 +26,12 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
+from ..metrics import METRICS
+
 __all__ = [
     "Batch",
     "Task",
+    "as_batches",
     "DATA_DIR",
     "read_word_list",
     "encode",
@@ -90,6 +93,23 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.clean.shape[0])
+
+    def repeat(self, n: int) -> "Batch":
+        """The batch stacked ``n`` times (mask-major rows, as K masks see it)."""
+        if n == 1:
+            return self
+        return Batch(
+            clean=self.clean.repeat(n, 1),
+            corrupted=self.corrupted.repeat(n, 1),
+            attention_mask=self.attention_mask.repeat(n, 1),
+            answers=self.answers.repeat(n, 1),
+            wrong=self.wrong.repeat(n, 1),
+            answer_pos=self.answer_pos.repeat(n),
+        )
+
+    def at_answer(self) -> "Batch":
+        """The batch as a metric sees it on logits cut to the answer positions (``[B, 1, V]``: answer_pos 0)."""
+        return replace(self, answer_pos=torch.zeros_like(self.answer_pos))
 
 
 def _pad_sets(sets: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -153,8 +173,6 @@ class Task:
                     f"task {self.name!r}: {label} has {len(strings)} prompt strings but {n} tokenized examples "
                     "(use [] for token-level tasks)"
                 )
-        from circuits.metrics import METRICS  # local import: metrics does not depend on tasks
-
         if self.metric not in METRICS:
             raise ValueError(
                 f"task {self.name!r}: unknown metric {self.metric!r}; valid names: {', '.join(sorted(METRICS))}"
@@ -264,6 +282,18 @@ class Task:
 # --------------------------------------------------------------------------------------------------------------
 # Tokenizer helpers
 # --------------------------------------------------------------------------------------------------------------
+
+
+def as_batches(data: "Task | Iterable[Batch]", batch_size: int) -> list[Batch]:
+    """A task cut into batches of ``batch_size`` (or the given batches as a list); empty data is an error."""
+    if isinstance(data, Task):
+        if len(data) == 0:
+            raise ValueError("the dataset is empty: the task has no examples")
+        return list(data.batches(batch_size))
+    out = list(data)
+    if not out or sum(len(b) for b in out) == 0:
+        raise ValueError("the dataset is empty: no batches were given")
+    return out
 
 
 def read_word_list(filename: str) -> tuple[str, ...]:

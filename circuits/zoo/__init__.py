@@ -17,20 +17,24 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
-import transformers
-from packaging.version import Version
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+if TYPE_CHECKING:  # torch and transformers load only when a model does (listing the zoo stays cheap)
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "MODELS",
     "MODELS_DIR",
+    "TOKENIZER_FILES",
+    "WEIGHT_FILES",
     "ZooEntry",
+    "check_folder",
     "ground_truth_path",
     "list_models",
     "load",
+    "load_model",
+    "load_tokenizer",
     "model_path",
     "task_options",
 ]
@@ -161,21 +165,117 @@ def model_path(name_or_path: str | Path) -> Path:
     raise ValueError(f"unknown model {str(name_or_path)!r}: not a zoo model ({valid}) and no such folder")
 
 
-def load(
-    name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a zoo model (by name) or a local ``transformers`` folder, offline.
+WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                                 "pytorch_model.bin.index.json")
+"""Weight files :func:`load` can read (one of them must be in the folder)."""
 
-    Returns ``(model, tokenizer)``; the model is on ``device``, in ``dtype`` and in eval mode.
+TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
+"""Files that hold a tokenizer's vocabulary (``tokenizer_config.json`` alone is not enough)."""
+
+
+@dataclass(frozen=True)
+class FolderCheck:
+    """What :func:`check_folder` read: the folder, its raw ``config.json`` and whether it has a tokenizer."""
+
+    path: Path
+    config: dict
+    has_tokenizer: bool
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config.get("model_type"))
+
+
+def check_folder(name_or_path: str | Path, *, require_tokenizer: bool = True) -> FolderCheck:
+    """Check a zoo name or model folder without loading anything heavy (``config.json`` is only read).
+
+    Checks, in order: the folder exists, it holds a readable ``config.json`` whose ``model_type`` is a
+    supported family, weights (:data:`WEIGHT_FILES`) and, with ``require_tokenizer``, tokenizer files
+    (:data:`TOKENIZER_FILES`).
+
+    Raises:
+        ValueError: one line naming the folder, what is missing or unsupported, and what to do.
     """
+    from ..models import SUPPORTED_MODEL_TYPES
+
     folder = model_path(name_or_path)
+    shown = str(name_or_path)
+    files = {p.name for p in folder.iterdir()}
+    if not files:
+        raise ValueError(f"model folder {shown} is empty; it needs config.json, the weights (model.safetensors) "
+                         "and the tokenizer files (tokenizer.json) of a transformers model")
+    if "config.json" not in files:
+        raise ValueError(f"model folder {shown} has no config.json, so it is not a transformers model folder "
+                         "(save one with model.save_pretrained(folder))")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{folder / 'config.json'} is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{folder / 'config.json'} is not a transformers config (a JSON object)")
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        what = f"model_type {model_type!r}" if model_type else "no model_type"
+        raise ValueError(f"model folder {shown}: config.json has {what}, which circuits does not support; "
+                         f"supported decoder-only families: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    if not files & set(WEIGHT_FILES):
+        other = sorted(f for f in files if f.endswith((".h5", ".msgpack", ".ckpt", ".pt", ".pth", ".gguf")))
+        found = f" (found only {', '.join(other)}; convert them with transformers)" if other else ""
+        raise ValueError(f"model folder {shown} has config.json but no weights: expected model.safetensors or "
+                         f"pytorch_model.bin{found}; save the model with model.save_pretrained(folder)")
+    has_tokenizer = bool(files & set(TOKENIZER_FILES))
+    if require_tokenizer and not has_tokenizer:
+        raise ValueError(f"model folder {shown} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save it with "
+                         "tokenizer.save_pretrained(folder), or build the task from token ids in Python "
+                         "(circuits.tasks.task_from_ids)")
+    return FolderCheck(folder, config, has_tokenizer)
+
+
+def _torch_dtype(dtype: Any) -> Any:
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        value = getattr(torch, dtype, None)
+        if not isinstance(value, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+        return value
+    return dtype
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype | str | None = None) -> PreTrainedModel:
+    """Load the model of a zoo name or local folder, offline, on ``device`` in ``dtype`` (default float32), in eval mode."""
+    import transformers
+    from packaging.version import Version
+    from transformers import AutoModelForCausalLM
+
+    folder = model_path(name_or_path)
+    dtype = _torch_dtype(dtype)
     # transformers renamed `torch_dtype` to `dtype` in 4.56; the package supports both sides
     dtype_key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
     model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **{dtype_key: dtype})
     model = model.to(device=device, dtype=dtype)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    return model, tokenizer
+    return model
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    """Load the tokenizer of a zoo name or local folder, offline."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_path(name_or_path)), local_files_only=True)
+
+
+def load(
+    name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a zoo model (by name) or a local ``transformers`` folder, offline.
+
+    Returns ``(model, tokenizer)``; the model is on ``device``, in ``dtype`` (default float32) and in eval mode.
+    """
+    return load_model(name_or_path, device, dtype), load_tokenizer(name_or_path)
 
 
 def ground_truth_path(name: str) -> Path | None:

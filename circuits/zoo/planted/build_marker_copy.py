@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from ...graph import Graph
+from ...graph import Graph, Provenance
 from ._common import CONST, Head, Space, hadamard_codes, randn, save_model_folder, write_gpt2
 
 NAME = "marker_copy"
@@ -227,9 +227,7 @@ def build_model() -> tuple[GPT2LMHeadModel, Space]:
 
 
 def ground_truth_graph(sp: Space) -> Graph:
-    g = Graph.build(L, H, False, model_type="gpt2")
-    g.set_circuit(list(GROUND_TRUTH))
-    g.meta.update({
+    facts = {
         "name": NAME,
         "kind": "planted ground truth",
         "description": (
@@ -246,8 +244,8 @@ def ground_truth_graph(sp: Space) -> Graph:
         "residual_layout": sp.layout(),
         "const": CONST,
         "attention_gap": GAP,
-    })
-    return g
+    }
+    return Graph.build(L, H, False, Provenance(model_type="gpt2", extra=facts)).with_circuit(list(GROUND_TRUTH))
 
 
 def build(out: Path) -> Path:

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ...graph import Graph
+from ...graph import Graph, Provenance
 from ._common import CONST, Head, Space, hadamard_codes, positional_amplitudes, randn, save_model_folder, write_llama
 
 NAME = "rope_induction"
@@ -254,9 +254,7 @@ def build_model() -> tuple[LlamaForCausalLM, Space]:
 
 
 def ground_truth_graph(sp: Space) -> Graph:
-    g = Graph.build(L, H, False, model_type="llama")
-    g.set_circuit(list(GROUND_TRUTH))
-    g.meta.update({
+    facts = {
         "name": NAME,
         "kind": "planted ground truth",
         "description": (
@@ -276,8 +274,8 @@ def ground_truth_graph(sp: Space) -> Graph:
         "rope_theta": ROPE_THETA,
         "positional_margin": sp.meta["positional_margin"],
         "positional_amplitudes": sp.meta["positional_amplitudes"],
-    })
-    return g
+    }
+    return Graph.build(L, H, False, Provenance(model_type="llama", extra=facts)).with_circuit(list(GROUND_TRUTH))
 
 
 def build(out: Path) -> Path:

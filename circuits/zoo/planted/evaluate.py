@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...attribution import attribute
+from ...evaluation import roc
+from ...scores import attribute
 from ...patching import PatchRunner, acdc, exact_edge_effects
 from ...runtime import TracedModel
 from . import PLANTED, ground_truth, load_planted, planted_task
@@ -25,16 +26,8 @@ __all__ = ["Verification", "verify", "auc", "rank_of", "score_methods", "main"]
 
 
 def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """ROC AUC of ``scores`` for the boolean ``labels`` (Mann-Whitney U / (n_pos n_neg), ties averaged)."""
-    from scipy.stats import rankdata
-
-    s = torch.as_tensor(scores, dtype=torch.float64).numpy()
-    y = torch.as_tensor(labels, dtype=torch.bool).numpy()
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("AUC needs at least one positive and one negative edge")
-    r = rankdata(s)
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    """ROC AUC of ``scores`` for the boolean ``labels`` (see :func:`circuits.evaluation.roc`)."""
+    return roc(torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(labels, dtype=torch.bool), absolute=False).auc
 
 
 def rank_of(scores: torch.Tensor, idx: torch.Tensor) -> list[int]:
@@ -90,7 +83,7 @@ def verify(name: str, n: int = 64, seed: int = 0, model=None) -> Verification:
     task = planted_task(name, n=n, seed=seed)
     gt = ground_truth(name)
     tm = TracedModel(model)
-    if tm.graph.edge_names() != gt.edge_names():
+    if tm.layout.edge_names() != gt.edge_names():
         raise ValueError(f"ground truth of {name} does not match the model's graph")
     runner = PatchRunner(tm, task, "logit_diff", batch_size=n)
     acc_runner = PatchRunner(tm, task, "accuracy", batch_size=n)
@@ -121,7 +114,7 @@ def verify(name: str, n: int = 64, seed: int = 0, model=None) -> Verification:
 def norm_deviation(model, tm: TracedModel, task) -> float:
     """Largest ``|C / |x| - 1|`` over the inputs ``x`` of every LayerNorm/RMSNorm (clean and corrupted
     prompts): how far each norm is from the constant rescaling the construction assumes."""
-    gt_meta = ground_truth(task.meta["planted"]).meta
+    gt_meta = ground_truth(task.meta["planted"]).provenance.extra
     C = float(gt_meta["const"])
     a = tm.adapter
     mods = [a.attn_norm(l) for l in range(a.n_layers)] + [a.mlp_norm(l) for l in range(a.n_layers)] + [a.final_norm()]

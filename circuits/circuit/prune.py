@@ -1,9 +1,9 @@
 """From edge scores to circuits: top-n, threshold, top-fraction, greedy, and dangling-edge removal.
 
-Every function takes a :class:`~circuits.graph.Graph` whose ``scores`` are set, writes
-``graph.in_circuit`` **in place** and returns the same graph (copy first with
-:meth:`Graph.copy` to keep the original). Rules follow EAP-IG / MIB ``graph.py``
-(REFERENCE §3):
+Every function takes a :class:`~circuits.graph.Graph` whose ``scores`` are set and returns a
+**new** graph with the same scores and the selected circuit (``in_circuit``) and a
+:class:`~circuits.graph.Selection` record; the graph given is never changed. Rules follow
+EAP-IG / MIB (docs/methods.md, "From scores to a circuit"):
 
 * :func:`topn` keeps the ``n`` highest-scoring edges (``|score|`` when ``absolute``), then
   removes dangling edges, so the final count can be below ``n`` (as ``apply_topn``);
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from .graph import Graph
+from ..graph import Graph, KeepMask, Selection, on_input_logits_paths
 
-__all__ = ["topn", "topn_masks", "threshold", "top_fraction", "greedy", "remove_dangling", "dangling_mask", "node_time"]
+__all__ = ["topn", "topn_masks", "threshold", "top_fraction", "greedy", "remove_dangling", "dangling_mask"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -51,74 +51,31 @@ def _check_count(graph: Graph, n: int) -> int:
     return n
 
 
-def _finish(graph: Graph, keep: torch.Tensor, prune: bool) -> Graph:
-    graph.in_circuit = keep.clone()
-    if prune:
-        remove_dangling(graph)
-    return graph
+def _finish(graph: Graph, keep: torch.Tensor, prune: bool, selection: Selection) -> Graph:
+    return graph.with_circuit(dangling_mask(graph, keep) if prune else keep, selection)
 
 
-def node_time(graph: Graph) -> torch.Tensor:
-    """``[N]`` residual-stream stage of every node (senders' write stage; ``logits`` last).
-
-    Every edge goes from a lower stage to a strictly higher one, and nodes of one stage
-    have no edges between them, so processing stages in order is a topological sweep.
-    """
-    return torch.cat([graph.sender_time, torch.tensor([2 * graph.n_layers + 1])])
-
-
-def _node_adjacency(graph: Graph, keep: torch.Tensor) -> torch.Tensor:
-    """``[N, N]`` bool: ``A[u, v]`` when some kept edge goes from node ``u`` into node ``v``."""
-    A = torch.zeros(graph.n_nodes, graph.n_nodes, dtype=torch.bool)
-    A[graph.edge_sender[keep], graph.receiver_node[graph.edge_receiver[keep]]] = True
-    return A
-
-
-def dangling_mask(graph: Graph, keep: torch.Tensor) -> torch.Tensor:
-    """Bool ``[E]``: the edges of ``keep`` that lie on an ``input -> logits`` path of kept edges.
-
-    An edge ``u -> v`` survives iff ``u`` is reachable from ``input`` and node ``v`` reaches
-    ``logits`` through kept edges. Reachability is propagated stage by stage over a node
-    adjacency matrix: one forward sweep (from ``input``) and one backward sweep (to ``logits``).
-    This is the fixed point of EAP-IG's ``prune()`` (drop nodes lacking a kept incoming or
-    outgoing edge, drop edges touching dropped nodes, repeat): in a DAG a node keeps an
-    incoming and an outgoing edge at the fixed point iff it is on an input -> logits path.
-    """
-    keep = keep.bool().cpu()
-    if keep.shape != (graph.n_edges,):
-        raise ValueError(f"edge mask must have shape [{graph.n_edges}], got {tuple(keep.shape)}")
-    A = _node_adjacency(graph, keep)
-    t = node_time(graph)
-    stages = [torch.nonzero(t == s).flatten() for s in range(int(t.max()) + 1)]
-    fwd = torch.zeros(graph.n_nodes, dtype=torch.bool)
-    fwd[0] = True  # input
-    for nodes in stages[1:]:
-        if len(nodes):
-            fwd[nodes] = (A[:, nodes] & fwd[:, None]).any(0)
-    bwd = torch.zeros(graph.n_nodes, dtype=torch.bool)
-    bwd[graph.n_senders] = True  # logits
-    for nodes in reversed(stages[:-1]):
-        if len(nodes):
-            bwd[nodes] = (A[nodes, :] & bwd[None, :]).any(1)
-    return keep & fwd[graph.edge_sender] & bwd[graph.receiver_node[graph.edge_receiver]]
+def dangling_mask(graph: Graph, keep: KeepMask) -> torch.Tensor:
+    """Bool ``[E]``: the edges of ``keep`` that lie on an ``input -> logits`` path of kept edges
+    (see :func:`circuits.graph.on_input_logits_paths`)."""
+    return on_input_logits_paths(graph.layout, keep.bool())
 
 
 # ---------------------------------------------------------------------------------------------- public
 def remove_dangling(graph: Graph) -> Graph:
-    """Drop in-circuit edges that are not on any ``input -> logits`` path of in-circuit edges.
+    """A new graph without the in-circuit edges that are not on any ``input -> logits`` path.
 
-    Mutates ``graph.in_circuit`` in place and returns ``graph``. Removes, e.g., an edge into a
-    node that has no kept outgoing edge, or out of a node (other than ``input``) with no kept
-    incoming edge, repeatedly along chains. See :func:`dangling_mask`.
+    Removes, e.g., an edge into a node that has no kept outgoing edge, or out of a node (other
+    than ``input``) with no kept incoming edge, repeatedly along chains. See :func:`dangling_mask`.
+    The selection record is kept.
     """
-    graph.in_circuit = dangling_mask(graph, graph.in_circuit)
-    return graph
+    return graph.with_circuit(dangling_mask(graph, graph.in_circuit), graph.provenance.selection)
 
 
 def topn_masks(graph: Graph, ns: list[int] | tuple[int, ...], absolute: bool = True, prune: bool = True) -> torch.Tensor:
     """Bool ``[len(ns), E]``: the :func:`topn` circuit for each ``n`` in ``ns``, from one sort.
 
-    Does not modify ``graph``. Row ``i`` equals ``topn(graph.copy(), ns[i], absolute, prune).in_circuit``.
+    Row ``i`` equals ``topn(graph, ns[i], absolute, prune).in_circuit``.
     """
     counts = [_check_count(graph, n) for n in ns]
     s = _ranking(graph, absolute)
@@ -134,38 +91,35 @@ def topn_masks(graph: Graph, ns: list[int] | tuple[int, ...], absolute: bool = T
 
 def topn(graph: Graph, n: int, absolute: bool = True, prune: bool = True) -> Graph:
     """Keep the ``n`` highest-scoring edges (``|score|`` if ``absolute``), then (if ``prune``)
-    :func:`remove_dangling`; the final count can be below ``n``. In place; returns ``graph``.
+    :func:`remove_dangling`; the final count can be below ``n``. Returns a new graph.
 
     Ties at the cut are broken by edge index (earlier edges first). ``n`` outside ``[0, E]``
     or NaN scores raise ``ValueError``.
     """
     n = _check_count(graph, n)
     keep = topn_masks(graph, [n], absolute, prune=False)[0]
-    graph.meta["selection"] = {"rule": "topn", "n": n, "absolute": absolute, "prune": prune}
-    return _finish(graph, keep, prune)
+    return _finish(graph, keep, prune, Selection(rule="topn", n=n, absolute=absolute, prune=prune))
 
 
 def threshold(graph: Graph, t: float, absolute: bool = True, prune: bool = True) -> Graph:
     """Keep edges with ``score >= t`` (``|score| >= t`` if ``absolute``), then (if ``prune``)
-    :func:`remove_dangling`. In place; returns ``graph``. NaN ``t`` or scores raise ``ValueError``."""
+    :func:`remove_dangling`. Returns a new graph. NaN ``t`` or scores raise ``ValueError``."""
     t = float(t)
     if t != t:
         raise ValueError("threshold t is NaN")
     s = _ranking(graph, absolute)
-    graph.meta["selection"] = {"rule": "threshold", "t": t, "absolute": absolute, "prune": prune}
-    return _finish(graph, s >= t, prune)
+    return _finish(graph, s >= t, prune, Selection(rule="threshold", t=t, absolute=absolute, prune=prune))
 
 
 def top_fraction(graph: Graph, k: float, absolute: bool = True, prune: bool = True) -> Graph:
     """:func:`topn` with ``n = int(k * E)`` (MIB's rounding down); ``k`` must be in ``(0, 1]``.
-    In place; returns ``graph``."""
+    Returns a new graph."""
     k = float(k)
     if not 0.0 < k <= 1.0:
         raise ValueError(f"fraction k must be in (0, 1], got {k}")
     n = int(k * graph.n_edges)
-    topn(graph, n, absolute, prune)
-    graph.meta["selection"] = {"rule": "top_fraction", "k": k, "n": n, "absolute": absolute, "prune": prune}
-    return graph
+    keep = topn_masks(graph, [n], absolute, prune=False)[0]
+    return _finish(graph, keep, prune, Selection(rule="top_fraction", n=n, k=k, absolute=absolute, prune=prune))
 
 
 def greedy(graph: Graph, n: int, absolute: bool = True, prune: bool = True) -> Graph:
@@ -174,21 +128,22 @@ def greedy(graph: Graph, n: int, absolute: bool = True, prune: bool = True) -> G
     The frontier starts as the edges into ``logits``. ``n`` times, the best frontier edge
     (``|score|`` if ``absolute``; ties -> lowest edge index) joins the circuit; when its
     sender was not yet in the circuit, the sender's incoming edges join the frontier. Then
-    (if ``prune``) :func:`remove_dangling`. In place; returns ``graph``.
+    (if ``prune``) :func:`remove_dangling`. Returns a new graph.
     """
     n = _check_count(graph, n)
     s = _ranking(graph, absolute)
     E = graph.n_edges
-    recv_node = graph.receiver_node[graph.edge_receiver]  # [E]
+    recv_node = graph.layout.edge_node()  # [E]
     # per node: its incoming edges, as a CSR layout over edges sorted by receiver node
     by_node = torch.argsort(recv_node, stable=True)
     starts = torch.zeros(graph.n_nodes + 1, dtype=torch.long)
     starts[1:] = torch.bincount(recv_node, minlength=graph.n_nodes).cumsum(0)
     frontier = torch.zeros(E, dtype=torch.bool)  # candidate edges not yet taken
-    frontier[by_node[starts[graph.n_senders]: starts[graph.n_senders + 1]]] = True
+    logits = graph.layout.logits_node
+    frontier[by_node[starts[logits]: starts[logits + 1]]] = True
     keep = torch.zeros(E, dtype=torch.bool)
     node_in = torch.zeros(graph.n_nodes, dtype=torch.bool)
-    node_in[graph.n_senders] = True
+    node_in[logits] = True
     for _ in range(n):
         cand = frontier.nonzero().flatten()  # ascending edge index
         if len(cand) == 0:
@@ -200,5 +155,4 @@ def greedy(graph: Graph, n: int, absolute: bool = True, prune: bool = True) -> G
         if not bool(node_in[u]):
             node_in[u] = True
             frontier[by_node[starts[u]: starts[u + 1]]] = True
-    graph.meta["selection"] = {"rule": "greedy", "n": n, "absolute": absolute, "prune": prune}
-    return _finish(graph, keep, prune)
+    return _finish(graph, keep, prune, Selection(rule="greedy", n=n, absolute=absolute, prune=prune))

@@ -7,7 +7,7 @@ patching the edge to the corrupted run is predicted to *hurt* the behaviour: the
 supports it. Scores approximate ``m(N) - m(N with the edge patched)`` (for higher-is-better
 metrics).
 
-Methods (REFERENCE §2):
+Methods (docs/methods.md):
 
 * ``eap``: gradient on the clean run. 2 forwards + 1 backward per batch.
 * ``eap-ig-inputs``: gradients averaged over ``steps`` runs whose input embedding is
@@ -27,47 +27,39 @@ matmul inside the backward hook; no loop over edges.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Literal, get_args
 
 import torch
 from torch import nn
 
-from .graph import Graph
-from .metrics import check_metric_output, get_metric, is_higher_better
-from .runtime import TracedModel
-from .tasks.base import Batch, Task
+from ..graph import Graph, GraphLayout, Scoring
+from ..metrics import check_metric_output, get_metric, is_higher_better
+from ..models import graph_for
+from ..runtime import Patch, Probe, TracedModel, as_traced
+from ..tasks import Batch, Task, as_batches
 
-METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "eap-ig-edges")
+AttributionMethod = Literal["eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "eap-ig-edges"]
+"""Gradient-based edge scoring methods; :data:`METHOD_DOCS` describes each."""
 
+METHODS: tuple[str, ...] = get_args(AttributionMethod)
 
-def as_traced(model: nn.Module | TracedModel, graph: Graph | None = None) -> TracedModel:
-    """Wrap a `transformers` model (or pass a TracedModel through)."""
-    if isinstance(model, TracedModel):
-        if graph is not None and graph is not model.graph:
-            return TracedModel(model.model, graph)
-        return model
-    return TracedModel(model, graph)
-
-
-def _batches(data: Task | Iterable[Batch], batch_size: int) -> list[Batch]:
-    if isinstance(data, Task):
-        if len(data) == 0:
-            raise ValueError("the dataset is empty: the task has no examples")
-        return list(data.batches(batch_size))
-    out = list(data)
-    if not out or sum(len(b) for b in out) == 0:
-        raise ValueError("the dataset is empty: no batches were given")
-    return out
+METHOD_DOCS: dict[str, str] = {
+    "eap": "edge attribution patching: the gradient on the clean run (2 forwards + 1 backward per batch)",
+    "eap-ig-inputs": "EAP-IG: gradients averaged over runs whose input embedding goes from corrupted to clean",
+    "eap-ig-activations": "EAP-IG over activations: each node group interpolated from corrupted to clean in turn",
+    "clean-corrupted": "mean of the gradients on the clean and on the corrupted run",
+    "eap-ig-edges": "integrated gradients over the edge mask itself (its scores sum to m(clean) - m(corrupted))",
+}
+IG_METHODS = ("eap-ig-inputs", "eap-ig-activations", "eap-ig-edges")
 
 
 class _ScoreAccumulator:
     """Receives receiver-input gradients and adds ``Δ · grad`` into a dense ``[S, R]`` table."""
 
-    def __init__(self, graph: Graph, device: torch.device) -> None:
-        self.table = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.float32, device=device)
+    def __init__(self, layout: GraphLayout, device: torch.device) -> None:
+        self.table = torch.zeros(layout.n_senders, layout.n_receivers, dtype=torch.float32, device=device)
         self.delta: torch.Tensor | None = None  # [S, B, P, d]: corrupted - clean (or live), padding zeroed
         self.weight = 1.0
 
@@ -96,23 +88,22 @@ def attribute(
     model: nn.Module | TracedModel,
     data: Task | Iterable[Batch],
     metric: str | Callable | None = None,
-    method: str = "eap",
+    method: AttributionMethod = "eap",
     *,
-    graph: Graph | None = None,
     steps: int = 5,
     batch_size: int = 16,
     absolute: bool = False,
     progress: bool = False,
     full_logits: bool = False,
 ) -> Graph:
-    """Score every edge; the scores land in ``graph.scores`` and the graph is returned.
+    """Score every edge: a new :class:`~circuits.graph.Graph` with the scores, every edge in the circuit,
+    and a :class:`~circuits.graph.Scoring` record as provenance.
 
     Args:
         model: a `transformers` causal LM or a :class:`TracedModel`.
         data: a :class:`~circuits.tasks.Task` (batched with ``batch_size``) or batches.
         metric: metric name or callable ``(logits, batch, clean_logits) -> [B]``; default the task's.
         method: one of :data:`METHODS`.
-        graph: the graph to score (default: the traced model's).
         steps: interpolation steps for the IG methods.
         absolute: store ``|score|``.
         progress: show a tqdm progress bar.
@@ -125,8 +116,8 @@ def attribute(
         raise ValueError(f"unknown attribution method {method!r}; valid: {', '.join(METHODS)}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    tm = as_traced(model, graph)
-    g = tm.graph
+    tm = as_traced(model)
+    layout = tm.layout
     if metric is None:
         if not isinstance(data, Task):
             raise ValueError("pass a metric (name or callable) when data is not a Task")
@@ -134,9 +125,9 @@ def attribute(
     metric_name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
     metric_fn = get_metric(metric)
     higher = is_higher_better(metric_fn)
-    batches = _batches(data, batch_size)
+    batches = as_batches(data, batch_size)
     dev = tm.device
-    acc = _ScoreAccumulator(g, dev)
+    acc = _ScoreAccumulator(layout, dev)
     t0 = time.perf_counter()
     n_total = 0
     iterator: Iterable[Batch] = batches
@@ -154,26 +145,19 @@ def attribute(
             )
         runner(_Job(tm, batch, metric_fn, higher, acc, steps, full_logits))
         n_total += len(batch)
-    scores = g.from_dense(acc.table).cpu() / n_total
+    scores = layout.from_dense(acc.table).cpu() / n_total
     bad = ~torch.isfinite(scores)
     if bool(bad.any()):
-        names = g.edge_names(bad.nonzero().flatten()[:10])
+        names = layout.edge_names(bad.nonzero().flatten()[:10])
         raise FloatingPointError(
             f"{int(bad.sum())} edge scores are NaN/inf (e.g. {names}); the metric or the model produced non-finite "
             "gradients. Check for -inf logits in the metric (e.g. log of a zero probability) or run in float32."
         )
     if absolute:
         scores = scores.abs()
-    g.scores = scores.float()
-    g.meta["attribution"] = {
-        "method": method,
-        "metric": metric_name,
-        "steps": steps if method in ("eap-ig-inputs", "eap-ig-activations", "eap-ig-edges") else None,
-        "absolute": absolute,
-        "n_examples": n_total,
-        "seconds": round(time.perf_counter() - t0, 4),
-    }
-    return g
+    scoring = Scoring(method=method, metric=metric_name, steps=steps if method in IG_METHODS else None,
+                      absolute=absolute, n_examples=n_total, seconds=round(time.perf_counter() - t0, 4))
+    return graph_for(tm.model).with_scores(scores, scoring=scoring)
 
 
 # ---------------------------------------------------------------------- method bodies
@@ -199,7 +183,7 @@ class _Job:
 
     @property
     def metric_batch(self) -> Batch:
-        return self.batch if self.full_logits else at_answer_position(self.batch)
+        return self.batch if self.full_logits else self.batch.at_answer()
 
     def run(self, ids: torch.Tensor, **kw):
         return self.tm.run(ids, self.batch.attention_mask, logit_positions=self.positions, **kw)
@@ -219,12 +203,8 @@ class _Job:
 
     def grad_pass(self, ids: torch.Tensor, clean_logits: torch.Tensor, sender_hook=None) -> None:
         """One forward with receiver probes on ``ids`` and one backward of the metric's loss."""
-        self.backward(self.run(ids, on_grad=self.acc, sender_hook=sender_hook, input_requires_grad=True), clean_logits)
-
-
-def at_answer_position(batch: Batch) -> Batch:
-    """The batch as seen by a metric on logits cut to the answer positions (``[B, 1, V]``)."""
-    return dataclasses.replace(batch, answer_pos=torch.zeros_like(batch.answer_pos))
+        probe = Probe(on_grad=self.acc, sender_hook=sender_hook, input_requires_grad=True)
+        self.backward(self.run(ids, probe=probe), clean_logits)
 
 
 def _leaf(value: torch.Tensor, s_group: int):
@@ -260,12 +240,8 @@ def _run_clean_corrupted(job: _Job) -> None:
 
 def _run_eap_ig_activations(job: _Job) -> None:
     clean, corr = job.clean_and_corrupted()
-    L = job.tm.graph.n_layers
-    job.set_delta(corr.senders, clean.senders, 1.0 / ((2 * L + 1) * job.steps))
-    groups = [(0, 1)]
-    for layer in range(L):
-        h0, h1 = job.tm.heads_senders(layer)
-        groups += [(h0, h1), (h1, h1 + 1)]
+    groups = job.tm.layout.node_groups()  # input, then per layer: heads, MLP
+    job.set_delta(corr.senders, clean.senders, 1.0 / (len(groups) * job.steps))
     for s0, s1 in groups:
         for k in range(1, job.steps + 1):
             alpha = k / job.steps
@@ -277,9 +253,9 @@ def _run_eap_ig_edges(job: _Job) -> None:
     clean, corr = job.clean_and_corrupted()
     for k in range(job.steps):
         alpha = (k + 0.5) / job.steps
-        patch = torch.full((job.tm.graph.n_edges,), 1.0 - alpha, device=job.tm.device)
-        out = job.run(job.batch.clean, corrupted=corr.senders, patch=patch, record=True, on_grad=job.acc,
-                      input_requires_grad=True)
+        keep = torch.full((job.tm.layout.n_edges,), alpha, device=job.tm.device)  # every edge kept with weight α
+        out = job.run(job.batch.clean, patch=Patch(keep, corr.senders), record=True,
+                      probe=Probe(on_grad=job.acc, input_requires_grad=True))
         # Δ of this run: corrupted minus the live sender outputs (EAP's sign)
         job.set_delta(corr.senders, out.senders, 1.0 / job.steps)
         job.backward(out, clean.logits)
@@ -303,15 +279,15 @@ def metric_of_runs(
     tot_c = tot_x = 0.0
     n = 0
     with torch.no_grad():
-        for batch in _batches(data, batch_size):
+        for batch in as_batches(data, batch_size):
             batch = batch.to(tm.device)
             lc = tm.run(batch.clean, batch.attention_mask, logit_positions=batch.answer_pos).logits
             lx = tm.run(batch.corrupted, batch.attention_mask, logit_positions=batch.answer_pos).logits
-            mb = at_answer_position(batch)
+            mb = batch.at_answer()
             tot_c += float(metric_fn(lc, mb, lc).sum())
             tot_x += float(metric_fn(lx, mb, lc).sum())
             n += len(batch)
     return tot_c / n, tot_x / n
 
 
-__all__ = ["METHODS", "attribute", "as_traced", "metric_of_runs"]
+__all__ = ["AttributionMethod", "METHODS", "METHOD_DOCS", "attribute", "metric_of_runs"]

@@ -21,15 +21,13 @@ Shapes: K edges in a chunk, B examples, P positions, d model width, H heads, dh 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import torch
 
-from .models.base import apply_rotary
-from .runtime import Prefix, causal_mask, default_position_ids
-
-if TYPE_CHECKING:
-    from .patching import PatchRunner, _Prepared
+from ..models.base import apply_rotary
+from ..runtime import Block, PlainIO, Prefix, causal_mask, default_position_ids
+from .runner import PatchRunner, PreparedBatch
 
 __all__ = ["single_edge_metric_values"]
 
@@ -40,14 +38,14 @@ def single_edge_metric_values(runner: PatchRunner, edges: torch.Tensor, progress
     Only the full graph as base (every other edge kept). Returns ``[n]`` float32, in the
     order of ``edges``.
     """
-    g = runner.graph
+    lay = runner.layout
     edges = edges.long().flatten()
-    layer_of = runner.receiver_layers()[g.edge_receiver[edges]]
-    order = torch.argsort(layer_of * g.n_receivers + g.edge_receiver[edges], stable=True)
+    layer_of = lay.edge_layer(edges)
+    order = torch.argsort(layer_of * lay.n_receivers + lay.edge_receiver[edges], stable=True)
     total = torch.zeros(len(edges), dtype=torch.float64)
     work = []
     for p in runner.prepared:
-        per = max(1, runner.max_rows // len(p.batch))
+        per = runner.rows_per_forward(p)
         for layer in layer_of.unique().tolist():
             sel = order[layer_of[order] == layer]
             for k0 in range(0, len(sel), per):
@@ -72,8 +70,8 @@ def single_edge_metric_values(runner: PatchRunner, edges: torch.Tensor, progress
 class _Base:
     """One prepared batch's clean run, with per-layer pieces cached as they are needed."""
 
-    def __init__(self, runner: PatchRunner, p: _Prepared) -> None:
-        self.tm, self.p = runner.tm, p
+    def __init__(self, runner: PatchRunner, p: PreparedBatch) -> None:
+        self.tm, self.p, self.layout = runner.tm, p, runner.layout
         b = p.batch
         run = self.tm.run(b.clean, b.attention_mask, record=True, record_resid=True)
         self.z = run.senders  # [S, B, P, d]
@@ -92,9 +90,7 @@ class _Base:
     def layer(self, layer: int) -> dict[str, torch.Tensor]:
         """The clean run's q, k, v of every head at ``layer`` (``[B, H, P, dh]``, rotary applied)."""
         if layer not in self.layer_cache:
-            a = self.tm.adapter
-            h = a.attn_norm(layer)(self.resid[layer])
-            q, k, v = a.query_head_qkv(layer, h, h, h)
+            q, k, v = PlainIO().qkv(self.tm.blocks[layer], self.resid[layer], None)
             if self.rot is not None:
                 q, k = apply_rotary(q, *self.rot), apply_rotary(k, *self.rot)
             self.layer_cache = {layer: {"q": q, "k": k, "v": v}}  # keep one layer only
@@ -102,18 +98,18 @@ class _Base:
 
     def patched_logits(self, layer: int, edges: torch.Tensor) -> torch.Tensor:
         """Answer-position logits ``[K * B, 1, V]`` with each of the K ``edges`` (into ``layer``) patched alone."""
-        tm, g, b = self.tm, self.tm.graph, self.p.batch
+        tm, lay, b = self.tm, self.layout, self.p.batch
         B, P = b.clean.shape
         K = len(edges)
-        senders, receivers = g.edge_sender[edges], g.edge_receiver[edges]
+        senders, receivers = lay.edge_sender[edges], lay.edge_receiver[edges]
         delta = self.delta(senders.to(self.z.device))  # [K, B, P, d]
         rows = torch.arange(K * B, device=self.z.device)
         pos = b.answer_pos.long().repeat(K)
-        if layer == g.n_layers:  # the logits receiver reads the final residual
+        if layer == lay.n_layers:  # the logits receiver reads the final residual
             final = (self.resid[-1][None] - delta).reshape(K * B, P, -1)
             return tm.adapter.unembed(final[rows, pos][:, None])
-        new = self._node_patched(layer, receivers.to(self.z.device) - tm.attn_receivers(layer)[0], delta)
-        if layer == g.n_layers - 1:  # nothing after this layer: the final residual is known
+        new = self._node_patched(layer, receivers.to(self.z.device) - lay.attn_receivers(layer)[0], delta)
+        if layer == lay.n_layers - 1:  # nothing after this layer: the final residual is known
             return tm.adapter.unembed(new.reshape(K * B, P, -1)[rows, pos][:, None])
         resume = Prefix(layer + 1, new.reshape(K * B, P, -1), self.z)
         return tm.run(b.clean.repeat(K, 1), b.attention_mask.repeat(K, 1), logit_positions=pos, resume=resume).logits
@@ -122,35 +118,32 @@ class _Base:
         """Residual after ``layer`` ([K, B, P, d]) when receiver ``local[k]`` of the layer reads
         its input minus ``delta[k]``.
 
-        ``local``: [K] receiver index within the layer (``3 * head + {0: q, 1: k, 2: v}``, or
-        ``3 * H`` for the MLP).
+        ``local``: [K] receiver index within the layer (the layout's q/k/v slots, then the MLP).
         """
-        tm, a = self.tm, self.tm.adapter
-        H = tm.graph.n_heads
-        mlp_s = tm.mlp_sender(layer)
-        m_base = self.z[mlp_s]  # [B, P, d]
-        parallel = tm.graph.parallel_attn_mlp
-        mlp_in = self.resid[layer] if parallel else self.resid[layer + 1] - m_base  # the MLP's clean input
+        lay, block = self.layout, self.tm.blocks[layer]
+        mlp_local = lay.mlp_receiver(layer) - lay.attn_receivers(layer)[0]
+        m_base = self.z[lay.mlp_sender(layer)]  # [B, P, d]
+        x0 = self.resid[layer]  # the clean residual entering the layer
+        mlp_in = x0 if lay.parallel_attn_mlp else self.resid[layer + 1] - m_base  # the MLP's clean input
         new = self.resid[layer + 1].expand(len(local), *m_base.shape).clone()
-        is_mlp = local == 3 * H
-        if bool(is_mlp.any()):
-            m = a.mlp(layer)(a.mlp_norm(layer)(mlp_in[None] - delta[is_mlp]))
-            new[is_mlp] += m - m_base
+        is_mlp = local == mlp_local
+        if bool(is_mlp.any()):  # the MLP reads its clean input minus Δ
+            new[is_mlp] += block.mlp(mlp_in[None] - delta[is_mlp]) - m_base
         att = (~is_mlp).nonzero().flatten()
         if len(att):
-            d_out = self._head_patched(layer, local[att] // 3, local[att] % 3, delta[att])  # [Ka, B, P, d]
-            if parallel:
+            head, slot = lay.qkv_slot(local[att])
+            d_out = self._head_patched(layer, head, slot, delta[att])  # [Ka, B, P, d]
+            if lay.parallel_attn_mlp:  # the MLP reads x0, which the head does not change
                 new[att] += d_out
-            else:
-                m = a.mlp(layer)(a.mlp_norm(layer)(mlp_in[None] + d_out))
-                new[att] += d_out + m - m_base
+            else:  # the rest of the block (Block.finish) sees the changed attention output
+                new[att] = block.finish(x0[None], (mlp_in - x0)[None] + d_out, PlainIO())
         return new
 
     def _head_patched(self, layer: int, heads: torch.Tensor, comp: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """Change of head ``heads[k]``'s output ([K, B, P, d]) when its q/k/v input (``comp[k]``
         = 0/1/2) reads the clean residual minus ``delta[k]``."""
         tm, a = self.tm, self.tm.adapter
-        x = a.attn_norm(layer)(self.resid[layer][None] - delta)  # [K, B, P, d]
+        x = tm.blocks[layer].attn_norm(self.resid[layer][None] - delta)  # [K, B, P, d]
         y = a.project_heads(layer, x, heads, comp).transpose(0, 1)  # [B, K, P, dh]
         if self.rot is not None:  # queries and keys are rotated, values are not
             y = torch.where((comp == 2)[None, :, None, None], y, apply_rotary(y, *self.rot))
@@ -161,5 +154,5 @@ class _Base:
         v = torch.where(c == 2, y, base["v"][:, heads])
         ctx = a.attend(layer, q, k, v, self.mask)  # [B, K, P, dh]: the K patched heads side by side
         out = torch.einsum("bkpe,ked->kbpd", ctx, a.attn_weights(layer).W_O[heads])
-        s0 = tm.heads_senders(layer)[0]
+        s0 = self.layout.head_senders(layer)[0]
         return out - self.z[s0 + heads]

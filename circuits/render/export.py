@@ -22,30 +22,15 @@ from xml.sax.saxutils import escape as xml_escape
 
 import torch
 
-from .graph import FORMAT_NAME, FORMAT_VERSION, Graph, split_receiver
-from .io import atomic_write_text
+from ..graph import FORMAT_NAME, FORMAT_VERSION, Graph, GraphLayout, Provenance, layout_for, split_receiver
+from ..io import atomic_write_text, check_target
+from .formats import FORMATS, IMAGE_FORMATS, LOADABLE, resolve_format
 
-DATA_FORMATS: tuple[str, ...] = ("json", "graphml", "gexf", "csv", "dot")
-IMAGE_FORMATS: tuple[str, ...] = ("svg", "png", "pdf", "html")
-FORMATS: tuple[str, ...] = DATA_FORMATS + IMAGE_FORMATS
-LOADABLE: tuple[str, ...] = ("json", "graphml", "gexf", "csv")
-_SUFFIXES: dict[str, str] = {"gv": "dot", "xml": "graphml", "htm": "html"}
 CSV_COLUMNS: tuple[str, ...] = ("edge", "sender", "receiver", "input", "score", "in_circuit")
 CSV_HEADER_PREFIX = "# circuits.graph "
 
 
 # ---------------------------------------------------------------------- format dispatch
-def resolve_format(path: str | Path, format: str | None, valid: tuple[str, ...], action: str) -> str:
-    """``format`` if given, else the suffix of ``path`` (``.gv`` = dot); must be in ``valid``."""
-    fmt = (format or Path(path).suffix.lstrip(".")).lower()
-    fmt = _SUFFIXES.get(fmt, fmt)
-    if not fmt:
-        raise ValueError(f"cannot tell the format of {str(path)!r} (no suffix); pass format=, one of {', '.join(valid)}")
-    if fmt not in valid:
-        raise ValueError(f"cannot {action} format {fmt!r}; valid formats: {', '.join(valid)}")
-    return fmt
-
-
 def save(
     graph: Graph,
     path: str | Path,
@@ -73,20 +58,19 @@ def save(
         raise TypeError(f"options {sorted(render_options)} only apply to dot/svg/png/pdf/html, not {fmt}")
     if circuit_only and fmt == "json":
         raise ValueError("the JSON format always stores every edge (in_circuit marks the circuit); drop circuit_only")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --force) to replace it")
+    check_target(path, overwrite)
     if fmt in IMAGE_FORMATS:
-        from . import render as _render
+        from . import diagram
 
         if fmt == "html":
-            return _render.render_html(graph, path, overwrite=overwrite, **render_options)
-        return _render.render(graph, path, fmt, overwrite=overwrite, **render_options)
+            return diagram.render_html(graph, path, overwrite=overwrite, **render_options)
+        return diagram.render(graph, path, fmt, overwrite=overwrite, **render_options)
     if fmt == "json":
         return atomic_write_text(path, json.dumps(graph.to_dict()), overwrite=overwrite)
     if fmt == "csv":
         return atomic_write_text(path, to_csv_text(graph, circuit_only=circuit_only), overwrite=overwrite)
     if fmt == "dot":
-        from .render import to_dot
+        from .diagram import to_dot
 
         return atomic_write_text(path, to_dot(graph, **render_options).source, overwrite=overwrite)
     if fmt == "graphml":
@@ -123,32 +107,22 @@ def header(graph: Graph, circuit_only: bool = False) -> dict[str, Any]:
         "n_heads": graph.n_heads,
         "parallel_attn_mlp": graph.parallel_attn_mlp,
         "circuit_only": circuit_only,
-        "meta": graph.meta,
+        "meta": graph.provenance.to_dict(),
     }
 
 
-def _graph_from_header(h: dict[str, Any], source: str) -> Graph:
+def _header_layout(h: dict[str, Any], source: str) -> tuple[GraphLayout, Provenance]:
+    """The layout and provenance a file's header describes (checked)."""
     if h.get("format", FORMAT_NAME) != FORMAT_NAME:
         raise ValueError(f"{source}: not a circuits graph (format={h.get('format')!r}, expected {FORMAT_NAME!r})")
     if int(h.get("version", FORMAT_VERSION)) > FORMAT_VERSION:
         raise ValueError(f"{source}: version {h['version']} is newer than this circuits ({FORMAT_VERSION}); upgrade circuits")
     for k in ("n_layers", "n_heads"):
         if k not in h:
-            raise ValueError(f"{source}: missing {k!r}; the file was not written by circuits.export.save (or was edited)")
-    g = Graph.build(int(h["n_layers"]), int(h["n_heads"]), _as_bool(h.get("parallel_attn_mlp", False)))
+            raise ValueError(f"{source}: missing {k!r}; the file was not written by circuits.save (or was edited)")
+    layout = layout_for(int(h["n_layers"]), int(h["n_heads"]), _as_bool(h.get("parallel_attn_mlp", False)))
     meta = h.get("meta", {})
-    g.meta = dict(json.loads(meta) if isinstance(meta, str) else meta)
-    g.in_circuit[:] = False
-    return g
-
-
-def _fill_edges(g: Graph, names: list[str], scores: list[float], flags: list[bool]) -> Graph:
-    """Set scores / in_circuit of the listed edges; unlisted edges stay at score 0, out of the circuit."""
-    if names:
-        idx = g.edge_index(names)
-        g.scores[idx] = torch.tensor(scores, dtype=torch.float32)
-        g.in_circuit[idx] = torch.tensor(flags, dtype=torch.bool)
-    return g
+    return layout, Provenance.from_dict(json.loads(meta) if isinstance(meta, str) else meta)
 
 
 def _as_bool(x: Any) -> bool:
@@ -183,7 +157,7 @@ def to_export_networkx(graph: Graph, circuit_only: bool = False):
     h = header(graph, circuit_only)
     g.graph.clear()
     g.graph.update({k: v for k, v in h.items() if k != "meta"})
-    g.graph["meta"] = json.dumps(graph.meta, sort_keys=True)
+    g.graph["meta"] = json.dumps(graph.provenance.to_dict(), sort_keys=True)
     for n, data in g.nodes(data=True):
         data["label"] = n
     for _, _, data in g.edges(data=True):
@@ -195,7 +169,7 @@ def to_export_networkx(graph: Graph, circuit_only: bool = False):
 def from_export_networkx(g, header: dict[str, Any] | None = None) -> Graph:
     """Inverse of :func:`to_export_networkx`; ``header`` overrides ``g.graph`` (GEXF keeps it elsewhere)."""
     h = dict(g.graph if header is None else header)
-    graph = _graph_from_header(h, "networkx graph")
+    layout, prov = _header_layout(h, "networkx graph")
     names, scores, flags = [], [], []
     for s, t, data in g.edges(data=True):
         name = data.get("name")
@@ -205,7 +179,7 @@ def from_export_networkx(g, header: dict[str, Any] | None = None) -> Graph:
         names.append(str(name))
         scores.append(_as_float(data.get("score", 0.0)))
         flags.append(_as_bool(data.get("in_circuit", True)))
-    return _fill_edges(graph, names, scores, flags)
+    return Graph.from_edges(layout, names, scores, flags, prov)
 
 
 _XSD_FLOATS = {"nan": "NaN", "inf": "INF", "-inf": "-INF"}
@@ -295,7 +269,7 @@ def from_csv_text(text: str) -> Graph:
             "written by circuits.export.save can be loaded back"
         )
     h = json.loads(head_lines[0][len(CSV_HEADER_PREFIX):])
-    g = _graph_from_header(h, "CSV")
+    layout, prov = _header_layout(h, "CSV")
     rows = csv.DictReader(ln for ln in lines if not ln.startswith("#"))
     missing = {"score", "in_circuit"} - set(rows.fieldnames or ())
     if missing or not ({"edge"} <= set(rows.fieldnames or ()) or {"sender", "receiver"} <= set(rows.fieldnames or ())):
@@ -309,14 +283,10 @@ def from_csv_text(text: str) -> Graph:
         names.append(name)
         scores.append(_as_float(row["score"]))
         flags.append(_as_bool(row["in_circuit"]))
-    return _fill_edges(g, names, scores, flags)
+    return Graph.from_edges(layout, names, scores, flags, prov)
 
 
 __all__ = [
-    "FORMATS",
-    "DATA_FORMATS",
-    "IMAGE_FORMATS",
-    "LOADABLE",
     "CSV_COLUMNS",
     "save",
     "load",

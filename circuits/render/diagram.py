@@ -23,10 +23,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import graphviz
 
-from .graph import Graph, node_layer, split_receiver
-from .io import atomic_write_bytes, atomic_write_text
+from ..graph import Graph, node_layer, split_receiver
+from ..io import atomic_write_bytes, atomic_write_text, check_target
+from .formats import DIAGRAM_FORMATS, resolve_format
 
-IMAGE_FORMATS: tuple[str, ...] = ("svg", "png", "pdf")
 FONT = "Helvetica"
 POSITIVE = "#2166ac"
 NEGATIVE = "#b2182b"
@@ -149,8 +149,8 @@ def fmt_score(x: float) -> str:
 
 
 def default_title(graph: Graph, n_edges: int) -> str:
-    """``model · task · method`` and ``N edges · faithfulness F`` from ``graph.meta``."""
-    meta = graph.meta or {}
+    """``model · task · method`` and ``N edges · faithfulness F`` from the graph's provenance."""
+    meta = graph.provenance.to_dict()
     head = " · ".join(str(meta[k]) for k in ("model", "task", "method") if meta.get(k) not in (None, ""))
     tail = f"{n_edges} edge{'s' if n_edges != 1 else ''}"
     faith = meta.get("faithfulness")
@@ -391,16 +391,6 @@ def require_dot() -> None:
         raise RuntimeError(_DOT_MISSING)
 
 
-def resolve_format(path: Path, format: str | None, valid: Sequence[str], what: str = "render") -> str:
-    """The output format: ``format`` if given, else the file suffix; must be one of ``valid``."""
-    fmt = (format or path.suffix.lstrip(".")).lower()
-    if not fmt:
-        raise ValueError(f"cannot tell the format of {str(path)!r} (no suffix); pass format=, one of {', '.join(valid)}")
-    if fmt not in valid:
-        raise ValueError(f"cannot {what} format {fmt!r}; valid formats: {', '.join(valid)}")
-    return fmt
-
-
 def pipe_bytes(dot: graphviz.Digraph, fmt: str) -> bytes:
     """Run ``dot`` and return the output bytes; clear errors when ``dot`` is missing or fails."""
     require_dot()
@@ -411,11 +401,6 @@ def pipe_bytes(dot: graphviz.Digraph, fmt: str) -> bytes:
     except graphviz.CalledProcessError as exc:
         err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc.stderr)
         raise RuntimeError(f"Graphviz `dot` failed to render the circuit: {err.strip() or exc}") from exc
-
-
-def _check_overwrite(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --force) to replace it")
 
 
 def render(
@@ -435,8 +420,8 @@ def render(
     if Graphviz's ``dot`` program is missing.
     """
     path = Path(path)
-    fmt = resolve_format(path, format, IMAGE_FORMATS)
-    _check_overwrite(path, overwrite)
+    fmt = resolve_format(path, format, DIAGRAM_FORMATS, "render")
+    check_target(path, overwrite)
     dot = to_dot(graph, **kw)
     if fmt == "png":
         dot.attr("graph", dpi=str(int(dpi)))
@@ -512,7 +497,7 @@ def html_page(graph: Graph, *, top: int = 20, **kw: Any) -> str:
     title = kw.get("title") or default_title(graph, graph.n_circuit_edges).replace("\n", " — ")
     meta = " · ".join(
         f"{html.escape(str(k))}: {html.escape(str(v))}"
-        for k, v in (graph.meta or {}).items()
+        for k, v in graph.provenance.to_dict().items()
         if isinstance(v, (str, int, float, bool))
     )
     pairs = top_edges(graph, top)
@@ -530,5 +515,5 @@ def html_page(graph: Graph, *, top: int = 20, **kw: Any) -> str:
 def render_html(graph: Graph, path: str | Path, *, overwrite: bool = False, top: int = 20, **kw: Any) -> Path:
     """Write :func:`html_page` to ``path`` atomically (works offline: nothing is fetched)."""
     path = Path(path)
-    _check_overwrite(path, overwrite)
+    check_target(path, overwrite)
     return atomic_write_text(path, html_page(graph, top=top, **kw), overwrite=overwrite)

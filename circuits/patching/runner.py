@@ -1,0 +1,212 @@
+"""The one masked-evaluation loop: a task's metrics under many edge keep-masks.
+
+Everything that evaluates circuits by patching (exact effects, ACDC, path patching, iterative
+pruning, faithfulness and curves) calls :meth:`PatchRunner.evaluate`. Clean and reference
+runs are computed once per batch when the runner is built; masks go through the model
+``max_rows // B`` at a time stacked in the batch dimension (``K * B`` rows per forward).
+Identical masks are evaluated once; the all-kept mask takes the clean run's logits and,
+when removed edges read the corrupted run, the all-removed mask takes the corrupted run's
+(both identities are tested in tests/runtime/test_traced.py).
+
+Effects use the attribution sign: ``effect = badness(patched) - badness(reference)`` where
+badness is ``-m`` for a metric where higher is better (``m`` for KL/NLL), so positive means
+the patched edges supported the behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Literal, Mapping, get_args
+
+import torch
+from torch import nn
+
+from ..graph import GraphLayout, KeepMask
+from ..metrics import get_metric, is_higher_better
+from ..runtime import Patch, Prefix, RunOutput, TracedModel, as_traced
+from ..tasks import Batch, Task, as_batches
+
+Ablation = Literal["patching", "mean", "zero"]
+"""What removed edges read: ``patching`` the corrupted run's sender outputs; ``mean`` each sender's
+mean clean output over the data (positions and examples); ``zero`` zeros."""
+
+ABLATIONS: tuple[str, ...] = get_args(Ablation)
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """One batch with the runs every masked evaluation of it reuses."""
+
+    batch: Batch
+    reference: torch.Tensor  # [S, B or 1, P or 1, d]: values removed edges read
+    clean_logits: torch.Tensor  # [B, 1, V] at the answer positions
+    corrupted_logits: torch.Tensor | None = None  # [B, 1, V]: the corrupted run's (ablation "patching")
+
+
+class PatchRunner:
+    """Evaluate a task's metric(s) under many edge keep-masks, reusing the clean/corrupted runs.
+
+    Args:
+        model: a `transformers` causal LM or a :class:`~circuits.runtime.TracedModel`.
+        data: a Task or batches; all batches are prepared once.
+        metric: name or callable (default: the task's).
+        ablation: what removed edges read (:data:`Ablation`).
+        batch_size: examples per batch when ``data`` is a Task.
+        max_rows: at most this many ``mask x example`` rows per forward pass.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | TracedModel,
+        data: Task | Iterable[Batch],
+        metric: str | Callable | None = None,
+        ablation: Ablation = "patching",
+        batch_size: int = 16,
+        max_rows: int = 512,
+    ) -> None:
+        if ablation not in ABLATIONS:
+            raise ValueError(f"unknown ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
+        self.tm = as_traced(model)
+        self.layout: GraphLayout = self.tm.layout
+        if metric is None:
+            if not isinstance(data, Task):
+                raise ValueError("pass a metric (name or callable) when data is not a Task")
+            metric = data.metric
+        self.metric_name = metric if isinstance(metric, str) else str(getattr(metric, "__name__", "custom"))
+        self.metric = get_metric(metric)
+        self.higher = is_higher_better(self.metric)
+        self.max_rows = max_rows
+        self.ablation: Ablation = ablation
+        batches = [b.to(self.tm.device) for b in as_batches(data, batch_size)]
+        with torch.no_grad():
+            self.prepared = self._prepare(batches)
+        self.n_examples = sum(len(p.batch) for p in self.prepared)
+
+    def _prepare(self, batches: list[Batch]) -> list[PreparedBatch]:
+        tm, ablation = self.tm, self.ablation
+        runs = []
+        for b in batches:
+            if b.clean.shape != b.corrupted.shape:
+                raise ValueError(
+                    f"clean {tuple(b.clean.shape)} and corrupted {tuple(b.corrupted.shape)} differ in shape; "
+                    "clean and corrupted prompts must tokenize to the same length"
+                )
+            clean = tm.run(b.clean, b.attention_mask, record=ablation == "mean", logit_positions=b.answer_pos)
+            corr = (tm.run(b.corrupted, b.attention_mask, record=True, logit_positions=b.answer_pos)
+                    if ablation == "patching" else None)
+            runs.append((b, clean, corr))
+        if ablation == "mean":  # per sender, over real positions of every example: [S, 1, 1, d]
+            tot = sum((clean.senders * b.attention_mask[None, :, :, None].to(clean.senders.dtype)).sum(dim=(1, 2))
+                      for b, clean, _ in runs)
+            count = sum(float(b.attention_mask.sum()) for b, _, _ in runs)
+            mean = (tot / count)[:, None, None, :]
+        out = []
+        for b, clean, corr in runs:
+            if ablation == "patching":
+                ref = corr.senders
+            elif ablation == "mean":
+                ref = mean
+            else:
+                ref = torch.zeros(self.layout.n_senders, 1, 1, tm.adapter.d_model, device=tm.device, dtype=tm.dtype)
+            out.append(PreparedBatch(b, ref, clean.logits, None if corr is None else corr.logits))
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def evaluate(
+        self,
+        masks: KeepMask,
+        metrics: Mapping[str, str | Callable] | None = None,
+        *,
+        progress: bool = False,
+        resume_from: tuple[int, list[RunOutput]] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Mean metrics over the data for each keep-mask: ``masks`` ``[K, E]`` -> ``{name: [K]}`` float64.
+
+        ``metrics`` defaults to ``{"m": runner's metric}``. Each metric receives the answer-position
+        logits ``[n, 1, V]``, the batch with ``answer_pos = 0`` and the clean logits there.
+        ``resume_from = (layer, base_runs(mask))``: every mask equals that base mask on edges into
+        layers before ``layer``, so those layers are not recomputed.
+        """
+        masks = self.layout.keep_mask(masks)
+        masks = masks[None] if masks.dim() == 1 else masks
+        fns = {k: get_metric(v) for k, v in (metrics or {"m": self.metric}).items()}
+        uniq, inverse = torch.unique(masks.detach().cpu(), dim=0, return_inverse=True)
+        full = (uniq == 1.0).all(1)
+        # removing every edge under corrupted-run patching is the corrupted run (tested identity)
+        empty = (uniq == 0.0).all(1) & (self.ablation == "patching")
+        if resume_from is not None:
+            full = empty = torch.zeros_like(full)
+        patched = (~full & ~empty).nonzero().flatten()
+        totals = {k: torch.zeros(len(uniq), dtype=torch.float64) for k in fns}
+        work = [(i, p, patched[c0:c0 + self.rows_per_forward(p)])
+                for i, p in enumerate(self.prepared) for c0 in range(0, len(patched), self.rows_per_forward(p))]
+        it: Iterable = work
+        if progress and work:
+            from tqdm.auto import tqdm
+
+            it = tqdm(work, desc="patching", unit="chunk")
+        with torch.no_grad():
+            for p in self.prepared:
+                for rows, logits in ((full, p.clean_logits), (empty, p.corrupted_logits)):
+                    if bool(rows.any()):
+                        for k, fn in fns.items():
+                            totals[k][rows] += float(self.chunk_metric(p, logits, 1, fn)[0])
+            for i, p, rows in it:
+                resume = None
+                if resume_from is not None:
+                    layer, bases = resume_from
+                    resume = Prefix(layer, bases[i].resid[layer], bases[i].senders)
+                out = self.tm.run(p.batch.clean, p.batch.attention_mask, patch=Patch(uniq[rows].to(self.tm.device), p.reference),
+                                  logit_positions=p.batch.answer_pos, resume=resume)
+                for k, fn in fns.items():
+                    totals[k][rows] += self.chunk_metric(p, out.logits, len(rows), fn)
+        return {k: (t / self.n_examples)[inverse] for k, t in totals.items()}
+
+    def metric_values(self, masks: KeepMask, progress: bool = False) -> torch.Tensor:
+        """Mean of the runner's metric for each keep-mask ``[K, E]`` -> ``[K]`` float32."""
+        return self.evaluate(masks, progress=progress)["m"].float()
+
+    def rows_per_forward(self, p: PreparedBatch) -> int:
+        """Masks of batch ``p`` per forward pass (``max_rows // B``, at least 1)."""
+        return max(1, self.max_rows // len(p.batch))
+
+    def chunk_metric(self, p: PreparedBatch, logits: torch.Tensor, n: int, metric: Callable | None = None) -> torch.Tensor:
+        """Metric summed over ``p``'s examples for each of ``n`` runs stacked mask-major:
+        answer-position ``logits`` ``[n * B, 1, V]`` -> ``[n]`` float64 on the CPU."""
+        fn = metric or self.metric
+        b = p.batch
+        vals = fn(logits, b.repeat(n).at_answer(), p.clean_logits.repeat(n, 1, 1)).float().view(n, len(b))
+        return vals.sum(1).double().cpu()
+
+    def base_runs(self, mask: KeepMask) -> list[RunOutput]:
+        """One recorded run per prepared batch under ``mask`` ([E]), to resume masked runs from."""
+        keep = self.layout.keep_mask(mask).to(self.tm.device)
+        with torch.no_grad():
+            return [
+                self.tm.run(p.batch.clean, p.batch.attention_mask, patch=Patch(keep, p.reference), record=True,
+                            record_resid=True, logit_positions=p.batch.answer_pos)
+                for p in self.prepared
+            ]
+
+    def badness(self, values: torch.Tensor) -> torch.Tensor:
+        """Map metric values to 'lower is better' (for effects: effect = badness(patched) - badness(ref))."""
+        return -values if self.higher else values
+
+    def full_and_empty(self) -> tuple[float, float]:
+        """``(m(N), m(∅))``: every edge kept, every edge removed."""
+        E = self.layout.n_edges
+        v = self.metric_values(torch.stack([torch.ones(E), torch.zeros(E)]))
+        return float(v[0]), float(v[1])
+
+
+def masked_metric(
+    model: nn.Module | TracedModel,
+    data: Task | Iterable[Batch],
+    masks: KeepMask,
+    metric: str | Callable | None = None,
+    ablation: Ablation = "patching",
+    batch_size: int = 16,
+    max_rows: int = 512,
+) -> torch.Tensor:
+    """Mean metric for each keep-mask ``[K, E]`` (or ``[E]``) -> ``[K]``."""
+    return PatchRunner(model, data, metric, ablation, batch_size, max_rows).metric_values(masks)

@@ -1,0 +1,24 @@
+"""Render and export: Graphviz diagrams, the HTML page, plots, and files other tools read."""
+
+from .diagram import render, render_html, svg_text, to_dot
+from .export import load, save
+from .formats import DATA_FORMATS, DIAGRAM_FORMATS, FORMATS, IMAGE_FORMATS, LOADABLE, resolve_format
+from .plots import plot_curves, plot_heatmap, plot_roc
+
+__all__ = [
+    "DATA_FORMATS",
+    "DIAGRAM_FORMATS",
+    "FORMATS",
+    "IMAGE_FORMATS",
+    "LOADABLE",
+    "load",
+    "plot_curves",
+    "plot_heatmap",
+    "plot_roc",
+    "render",
+    "render_html",
+    "resolve_format",
+    "save",
+    "svg_text",
+    "to_dot",
+]

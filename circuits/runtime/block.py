@@ -1,0 +1,125 @@
+"""One transformer block in residual-stream form: the only place attention + MLP are composed.
+
+The block reads like the architecture (nanoGPT's ``x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))``),
+except that every *read of the residual stream* goes through a :class:`BlockIO`, which may
+hand a receiver its own (patched or probed) input, and every *write* (head outputs, MLP
+output) goes through it too, so that runs can record, replace or patch them::
+
+    q, k, v = io.qkv(block, x, at)          # receivers a{l}.h{h}<q|k|v>
+    z = io.heads(layer, attention(q, k, v)) # senders a{l}.h{h}: [H, B', P, d]
+    x = x + Σ_h z_h + b_O
+    m = io.mlp(layer, mlp(io.mlp_input(layer, x)))   # receiver and sender m{l}
+    x = x + m                                # (parallel blocks: both read the same x)
+
+The full traced run, the answer-position tail of the last layer and the exact single-edge
+recomputation all use :class:`Block`. Shapes: B' rows (masks x examples), P positions,
+d model width, H query heads, dh head width.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from ..models.base import Adapter, apply_rotary
+
+Rotary = tuple[torch.Tensor, torch.Tensor] | None
+"""``(cos, sin)`` each ``[B', P, rot_dim]``, or None for models without rotary embeddings."""
+
+
+class BlockIO(Protocol):
+    """How a block reads its receivers and writes its senders (see :class:`~circuits.runtime.state.RunState`)."""
+
+    def qkv(self, block: "Block", x: torch.Tensor, at: torch.Tensor | None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v ``[B', H, Pq, dh]`` (before rotary; k/v per query head) from the residual ``x`` [B', P, d]."""
+
+    def heads(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs ``[H, B', P, d]`` as the rest of the run sees them."""
+
+    def mlp_input(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """The MLP receiver's input, given the residual ``x`` it would read unpatched."""
+
+    def mlp(self, layer: int, m: torch.Tensor) -> torch.Tensor:
+        """The MLP's output ``[B', P, d]`` as the rest of the run sees it."""
+
+
+class PlainIO:
+    """A block that reads and writes the residual stream unchanged (a plain forward)."""
+
+    def qkv(self, block: "Block", x: torch.Tensor, at: torch.Tensor | None):
+        h = block.attn_norm(x)
+        return block.project(h if at is None else block.rows_at(h, at), h, h)
+
+    def heads(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def mlp_input(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def mlp(self, layer: int, m: torch.Tensor) -> torch.Tensor:
+        return m
+
+
+class Block:
+    """Layer ``layer`` of an adapted model: normalisations, projections, attention, MLP."""
+
+    def __init__(self, adapter: Adapter, layer: int) -> None:
+        self.adapter, self.layer = adapter, layer
+        self.parallel = adapter.parallel_attn_mlp
+        self.attn_norm = adapter.attn_norm(layer)
+
+    # ------------------------------------------------------------------ the block
+    def forward(self, x: torch.Tensor, io: BlockIO, rot: Rotary, mask: torch.Tensor,
+                at: torch.Tensor | None = None) -> torch.Tensor:
+        """Residual after this layer: ``x`` [B', P, d] -> [B', P, d].
+
+        With ``at`` ([B'] positions), queries, head outputs and the MLP run at those positions
+        only (keys and values still see every position) and the result is ``[B', 1, d]``: the
+        last layer when only the answer logits count.
+        """
+        q, k, v = io.qkv(self, x, at)
+        z, b_O = self.attention(q, k, v, rot, mask, at)  # [H, B', Pq, d]
+        z = io.heads(self.layer, z)
+        attn_out = z.sum(0) if b_O is None else z.sum(0) + b_O
+        return self.finish(x if at is None else self.rows_at(x, at), attn_out, io)
+
+    def finish(self, x: torch.Tensor, attn_out: torch.Tensor, io: BlockIO) -> torch.Tensor:
+        """The rest of the block once the attention's output is known: add it and the MLP's."""
+        if self.parallel:  # the MLP reads the same residual as the attention
+            m = io.mlp(self.layer, self.mlp(io.mlp_input(self.layer, x)))
+            return x + attn_out + m
+        x = x + attn_out
+        m = io.mlp(self.layer, self.mlp(io.mlp_input(self.layer, x)))
+        return x + m
+
+    # ------------------------------------------------------------------ pieces
+    def project(self, hq: torch.Tensor, hk: torch.Tensor, hv: torch.Tensor):
+        """Normalised inputs -> q, k, v ``[B', H, P, dh]`` (k/v repeated to the query heads)."""
+        return self.adapter.query_head_qkv(self.layer, hq, hk, hv)
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rot: Rotary, mask: torch.Tensor,
+                  at: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rotary, attention and ``W_O``: per-head outputs ``[H, B', Pq, d]`` and the output bias (or None)."""
+        a = self.adapter
+        q_pos = None
+        if at is not None:
+            q_pos = at[:, None]
+            mask = mask[torch.arange(mask.shape[0], device=mask.device), :, at][:, :, None]  # [B', 1, 1, P]
+        if rot is not None:
+            cos, sin = rot
+            qc, qs = (cos, sin) if at is None else (self.rows_at(cos, at), self.rows_at(sin, at))
+            q, k = apply_rotary(q, qc, qs), apply_rotary(k, cos, sin)
+        ctx = a.attend(self.layer, q, k, v, mask, q_pos=q_pos)
+        return a.head_outputs(self.layer, ctx)
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalisation and MLP (output bias included) of the receiver input ``x``."""
+        a = self.adapter
+        return a.mlp(self.layer)(a.mlp_norm(self.layer)(x))
+
+    @staticmethod
+    def rows_at(t: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """``t[b, at[b]]`` for every row, keeping a position axis of 1: ``[B', P, ...]`` -> ``[B', 1, ...]``."""
+        return t[torch.arange(t.shape[0], device=t.device), at][:, None]

@@ -1,0 +1,247 @@
+"""Per-run state of a traced forward: sender outputs, patch deltas and gradient probes.
+
+:class:`RunState` is the :class:`~circuits.runtime.block.BlockIO` of a traced run. It keeps
+every sender group's output as it is written, and when a block reads a receiver it hands
+back ``resid - Σ_s w_sv (z_s - z_s^ref)`` (the residual-sum identity; ``w = 1 - keep`` from
+:meth:`~circuits.graph.GraphLayout.patch_weights`) and/or registers a gradient probe.
+
+Shapes: K masks, B examples, B' = K·B rows (mask-major), P positions, d model width, S senders,
+H query heads, dh head width.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..graph import GraphLayout, PatchWeights
+from ..models.base import Adapter
+
+GradCallback = Callable[[torch.Tensor, int, torch.Tensor], None]
+"""``(receivers, n_senders, grad)``: ``grad = ∂loss/∂in_v`` ``[len(receivers), B', P, d]`` for a group of
+receivers (long tensor of receiver indices) that all read senders ``0 .. n_senders-1``."""
+
+SenderHook = Callable[[int, int, torch.Tensor], torch.Tensor]
+"""``(s0, s1, z) -> z``: replace sender group ``s0:s1``'s output ``z`` [s1-s0, B', P, d] before anything reads it."""
+
+
+class RunState:
+    """Sender groups, their patch deltas, probes; reads receivers for :class:`~circuits.runtime.block.Block`."""
+
+    #: above this share of q/k/v receivers with a partly patched input, every receiver gets its
+    #: own input (one batched matmul) instead of the shared-input split of :meth:`_split_qkv`
+    MIXED_SHARE_DENSE = 0.6
+
+    def __init__(self, layout: GraphLayout, adapter: Adapter, W: PatchWeights | None, reference: torch.Tensor | None,
+                 K: int, B: int, on_grad: GradCallback | None, sender_hook: SenderHook | None) -> None:
+        self.layout, self.adapter = layout, adapter
+        self.W, self.reference, self.K, self.B = W, reference, K, B
+        self.on_grad, self.sender_hook = on_grad, sender_hook
+        # (s0, s1, z, shared): z is [n, B', P, d], or [n, B, P, d] shared by all K masks
+        self.groups: list[tuple[int, int, torch.Tensor, bool]] = []
+        self.deltas: dict[int, torch.Tensor] = {}  # group -> z - z_ref: [n, K, B, P, d] ([n, B, P, d] if shared)
+        self.leaves: list[torch.Tensor] = []
+        # Without autograd, all deltas live in one [K, S, B*P*d] buffer filled in place, and a
+        # receiver group's correction is one batched matmul over every upstream sender.
+        self.buffer: torch.Tensor | None = None
+        self.buffered = W is not None and not torch.is_grad_enabled()
+
+    # ------------------------------------------------------------------ writes (senders)
+    def emit(self, s0: int, s1: int, z: torch.Tensor) -> torch.Tensor:
+        """Sender group ``s0:s1`` wrote ``z`` [s1-s0, B', P, d]: hook, remember, return what readers see."""
+        if self.sender_hook is not None:
+            z = self.sender_hook(s0, s1, z)
+        if z.is_leaf and z.requires_grad:
+            self.leaves.append(z)
+        self._add(s0, s1, z, shared=False)
+        return z
+
+    def heads(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        return self.emit(*self.layout.head_senders(layer), z)
+
+    def mlp(self, layer: int, m: torch.Tensor) -> torch.Tensor:
+        s = self.layout.mlp_sender(layer)
+        return self.emit(s, s + 1, m[None])[0]
+
+    def add_prefix(self, s1: int, z: torch.Tensor) -> None:
+        """Senders ``0..s1-1`` of a recorded run (``[s1, B, P, d]``), shared by every mask."""
+        self._add(0, s1, z[:s1], shared=True)
+
+    def _add(self, s0: int, s1: int, z: torch.Tensor, shared: bool) -> None:
+        self.groups.append((s0, s1, z, shared))
+        if not self.buffered:
+            return
+        n, P, d = s1 - s0, z.shape[-2], z.shape[-1]
+        K, B = self.K, self.B
+        if self.buffer is None:
+            self.buffer = torch.empty(K, self.layout.n_senders, B * P * d, dtype=z.dtype, device=z.device)
+        zc = self.reference[s0:s1].to(z.dtype)
+        out = self.buffer[:, s0:s1].view(K, n, B, P, d)  # written in place: one pass, no temporaries
+        if shared:
+            out.copy_((z - zc)[None])  # one recorded run shared by the K masks: broadcast over K
+        else:
+            torch.sub(z.view(n, K, B, P, d).transpose(0, 1), zc[None], out=out)
+
+    def _delta(self, gi: int) -> torch.Tensor:
+        if gi not in self.deltas:
+            s0, s1, z, shared = self.groups[gi]
+            n, (Bp, P, d) = s1 - s0, z.shape[1:]
+            zc = self.reference[s0:s1].to(z.dtype)
+            self.deltas[gi] = z - zc if shared else z.reshape(n, self.K, self.B, P, d) - zc.unsqueeze(1)
+        return self.deltas[gi]
+
+    def recorded(self) -> torch.Tensor:
+        """Every sender's output, detached: ``[S, B', P, d]``."""
+        return torch.cat([z.detach().repeat(1, self.K, 1, 1) if shared else z.detach() for _, _, z, shared in self.groups], dim=0)
+
+    # ------------------------------------------------------------------ reads (receivers)
+    def qkv(self, block, x: torch.Tensor, at: torch.Tensor | None):
+        """q, k, v of a layer's heads, each receiver reading its own input where patched or probed."""
+        layer, lay = block.layer, self.layout
+        r0, r1 = lay.attn_receivers(layer)
+        n = lay.senders_before_attn(layer)
+        if self.buffered:
+            split = self._split_qkv(block, x, r0, r1, n)
+            if split is not None:  # few receivers read their own input: shared projections + those few
+                return split
+        x_attn = self.receiver_input(x, r0, r1, n, shared_probe=True)
+        if x_attn is None:  # every q/k/v input is the shared residual
+            h = block.attn_norm(x)
+            q, k, v = block.project(h, h, h)
+            if self.on_grad is not None and x.requires_grad:
+                self._probe_shared_qkv(block, x, (q, k, v), n)
+            return q, k, v
+        h = lay.per_head_qkv(block.attn_norm(x_attn))  # [H, 3, B', P, d]: each receiver its own input
+        return self.adapter.project_qkv(layer, h[:, 0], h[:, 1], h[:, 2])
+
+    def mlp_input(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        r = self.layout.mlp_receiver(layer)
+        x_in = self.receiver_input(x, r, r + 1, self.layout.senders_before_mlp(layer))
+        return x if x_in is None else x_in[0]
+
+    def logits_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits receiver's input from the final residual ``x``."""
+        r = self.layout.logits_receiver
+        x_in = self.receiver_input(x, r, r + 1, self.layout.n_senders)
+        return x if x_in is None else x_in[0]
+
+    def receiver_input(self, resid: torch.Tensor, r0: int, r1: int, n_senders: int,
+                       shared_probe: bool = False) -> torch.Tensor | None:
+        """Inputs of receivers ``r0:r1`` (``[r1-r0, B', P, d]``), or None when they all read ``resid`` unchanged.
+
+        With ``shared_probe`` the caller probes unpatched receivers itself (q/k/v hooks), so
+        None is returned for them even when gradients are requested.
+        """
+        x = None
+        if self.W is not None:
+            Wl = self.W[:, :n_senders, r0:r1]  # [K, n, R_l]
+            K, B = self.K, self.B
+            Bp, P, d = resid.shape
+            # zero weights change nothing -- unless the caller differentiates w.r.t. them
+            if self.buffered and bool(Wl.any()):
+                corr = torch.bmm(Wl.transpose(1, 2), self.buffer[:, :n_senders])  # [K, R_l, B*P*d]
+                corr = corr.view(K, r1 - r0, B, P, d).transpose(0, 1)  # [R_l, K, B, P, d]
+                x = (resid.view(1, K, B, P, d) - corr).reshape(r1 - r0, Bp, P, d)
+            elif Wl.requires_grad or bool(Wl.any()):
+                corr = None
+                for gi, (s0, s1, _, shared) in enumerate(self.groups):
+                    if s0 >= n_senders:
+                        break
+                    Wg = Wl[:, s0:s1]
+                    if not Wg.requires_grad and not bool(Wg.any()):
+                        continue
+                    eq = "ksr,sbpd->rkbpd" if shared else "ksr,skbpd->rkbpd"
+                    term = torch.einsum(eq, Wg, self._delta(gi))  # [R_l, K, B, P, d]
+                    corr = term if corr is None else corr + term
+                x = (resid.view(1, K, B, P, d) - corr).reshape(r1 - r0, Bp, P, d)
+        if self.on_grad is not None and resid.requires_grad and not (x is None and shared_probe):
+            if x is None:  # a view of its own, so its gradient is this receiver's share only
+                x = resid[None].expand(r1 - r0, *resid.shape)
+            cb, n, idx = self.on_grad, n_senders, torch.arange(r0, r1, device=resid.device)
+            x.register_hook(lambda grad: cb(idx, n, grad))
+        return x
+
+    def _split_qkv(self, block, resid: torch.Tensor, r0: int, r1: int, n: int):
+        """q, k, v (``[B', H, P, dh]``, k/v per query head, before rotary) of a patched layer, or
+        None when the dense per-receiver path is as cheap.
+
+        Per mask, a q/k/v receiver is *kept* (no incoming edge patched: it reads ``resid``),
+        *removed* (every incoming edge patched with weight 1: it reads ``resid - Σ_s Δ_s``, the
+        same for all such receivers), or *mixed*. Kept and removed receivers share two
+        normalised inputs projected for all heads at once; only mixed receivers get their own
+        input (``resid`` minus their weighted deltas), norm and projection.
+        """
+        K, B, H = self.K, self.B, self.layout.n_heads
+        Wl = self.W[:, :n, r0:r1]  # [K, n, 3H]
+        touched = Wl.ne(0).any(1)  # [K, 3H]
+        if not bool(touched.any()):
+            return None  # unpatched layer: the shared path (which also serves probes)
+        removed = Wl.eq(1).all(1)
+        mixed = touched & ~removed
+        if float(mixed.float().mean()) > self.MIXED_SHARE_DENSE:
+            return None
+        Bp, P, d = resid.shape
+
+        def shared(x: torch.Tensor) -> list[torch.Tensor]:
+            h = block.attn_norm(x)
+            return list(block.project(h, h, h))
+
+        out = shared(resid)  # [B', H, P, dh] each
+        rows = lambda m: m.repeat_interleave(B, 0)[:, :, None, None]  # noqa: E731  [K, H] -> [B', H, 1, 1]
+        per_head = removed.view(K, H, 3)  # [K, H, q/k/v slot]
+        if bool(removed.any()):
+            D = self.buffer[:, :n].sum(1)  # [K, B*P*d]: Σ_s Δ_s, what a fully patched receiver loses
+            gone = shared((resid.reshape(K, -1) - D).view(Bp, P, d))
+            out = [torch.where(rows(per_head[:, :, c]), gone[c], out[c]) for c in range(3)]
+        for k in mixed.any(1).nonzero().flatten().tolist():  # masks, not edges
+            rr = mixed[k].nonzero().flatten()  # this mask's mixed receivers, local to the layer
+            corr = Wl[k][:, rr].t() @ self.buffer[k, :n]  # [m, B*P*d]
+            x = (resid[k * B:(k + 1) * B].reshape(1, -1) - corr).view(len(rr), B, P, d)
+            head, slot = self.layout.qkv_slot(rr)
+            y = self.adapter.project_heads(block.layer, block.attn_norm(x), head, slot)  # [m, B, P, dh]
+            for c in range(3):
+                sel = slot == c
+                if bool(sel.any()):
+                    out[c][k * B:(k + 1) * B, head[sel]] = y[sel].transpose(0, 1)
+        return tuple(out)
+
+    def _probe_shared_qkv(self, block, resid: torch.Tensor, qkv, n_senders: int) -> None:
+        """Report each head's q/k/v input gradient on the shared path.
+
+        ``grad_in = VJP_norm(resid)(grad_qkv_h @ W_h^T)``: the per-head projection's backward
+        followed by the norm's vector-Jacobian product, vmapped over heads.
+        """
+        from torch.func import vjp, vmap
+
+        _, norm_vjp = vjp(block.attn_norm, resid.detach())
+        batched_vjp = vmap(norm_vjp)
+        w = self.adapter.attn_weights(block.layer)
+        H = qkv[0].shape[1]
+        heads = torch.arange(H, device=resid.device)
+        # The hooks must not reference this RunState: it holds the run's activations, and a
+        # cycle through an autograd node is never collected (it leaked every pass's
+        # activations until the caller's job ended).
+        cb = self.on_grad
+        for slot, (t, W) in enumerate(zip(qkv, (w.W_Q, w.W_K, w.W_V))):
+            idx = self.layout.qkv_receiver(block.layer, heads, slot)
+
+            def hook(grad: torch.Tensor, W=W, idx=idx) -> None:
+                g_in = head_input_grad(grad, W.detach())  # [H, B', P, d], post-norm
+                cb(idx, n_senders, batched_vjp(g_in)[0])
+
+            t.register_hook(hook)
+
+
+def head_input_grad(grad: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """Per query head, the gradient w.r.t. its projection's input: ``[B, H, P, dh]`` x ``W [Hw, d, dh]`` -> ``[H, B, P, d]``.
+
+    With GQA (``Hw < H``), query head ``h = g * rep + r`` used kv head ``g``.
+    """
+    B, H, P, dh = grad.shape
+    Hw = W.shape[0]
+    if Hw == H:
+        return torch.einsum("bhpe,hde->hbpd", grad, W)
+    rep = H // Hw
+    out = torch.einsum("bgrpe,gde->grbpd", grad.view(B, Hw, rep, P, dh), W)
+    return out.reshape(H, B, P, W.shape[1])
