@@ -1,7 +1,9 @@
 """Pieces every zoo training script shares: thread/RNG isolation, optimiser, schedule, output.
 
-Moving code here must not change a single float: the shipped models are reproduced bit for
-bit by their scripts (same torch version and thread count).
+Moving code here must not change a single float: on the same machine, with the same torch and
+transformers versions and thread count, the scripts reproduce the shipped models bit for bit.
+(On another processor the CPU kernels round differently and the weights differ; see
+docs/zoo.md.)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tokenizers import Tokenizer, processors
 from tokenizers.models import WordLevel
 from transformers import GPT2Config, PreTrainedModel, PreTrainedTokenizerFast
 
-from circuits.tokenization import save_fast_tokenizer
+from circuits.zoo.llama2c_tokenizer import save_fast_tokenizer
 
 __all__ = [
     "SPECIAL_TOKENS",

@@ -12,8 +12,7 @@ two layer-0 heads looking back by offsets ``d`` and ``d - 1``: see docs/zoo.md.)
 the cross-entropy on those targets only: the other positions carry no learnable signal.
 
 Each training batch has its own length ``T``, uniform in ``[min_len, seq_len]``: short
-contexts give the induction head a strong gradient early (with full-length batches only,
-runs stayed on the loss plateau for as long as they ran, 1,500-3,000 steps); evaluation
+contexts are meant to give the induction mechanism a strong gradient early; evaluation
 uses full-length sequences (``T = seq_len``).
 
 Attention-only: ``transformers``' GPT-2 always has an MLP per block. Here every MLP
