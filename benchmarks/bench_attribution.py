@@ -13,8 +13,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
 from common import bare_forward_backward, best_time, parser, peak_rss_mb, setup  # noqa: E402
 
@@ -31,7 +29,7 @@ def main() -> None:
     print(f"bare forward+backward      {t_bare * 1e3:8.1f} ms")
     for method in args.methods.split(","):
         rss0 = peak_rss_mb()
-        t = best_time(lambda: attribute(tm, [b], "logit_diff", method, steps=args.steps), args.repeats)
+        t = best_time(lambda method=method: attribute(tm, [b], "logit_diff", method, steps=args.steps), args.repeats)
         rss = peak_rss_mb() - rss0
         ig = method in ("eap-ig-inputs", "eap-ig-edges")
         passes = args.steps if ig else (2 if method == "clean-corrupted" else 1)

@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import bare_forward, best_time, parser, peak_rss_mb, setup  # noqa: E402
 
-from circuits.scores import attribute  # noqa: E402
 from circuits.evaluation import MIB_FRACTIONS, curve_masks, faithfulness_curve  # noqa: E402
 from circuits.patching import PatchRunner  # noqa: E402
+from circuits.scores import attribute  # noqa: E402
 
 
 def n_patched_masks(g, absolute: bool) -> int:

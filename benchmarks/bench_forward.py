@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import best_time, bare_forward, gpt2_small, parser, peak_rss_mb, random_batch  # noqa: E402
+from common import bare_forward, best_time, gpt2_small, parser, peak_rss_mb, random_batch  # noqa: E402
 
 from circuits import Patch, TracedModel  # noqa: E402
 

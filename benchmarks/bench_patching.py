@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import best_time, bare_forward, gpt2_small, parser, random_batch  # noqa: E402
+from common import bare_forward, best_time, gpt2_small, parser, random_batch  # noqa: E402
 
 from circuits import Patch, TracedModel  # noqa: E402
 from circuits.patching import PatchRunner, acdc, exact_edge_effects  # noqa: E402
@@ -37,7 +37,7 @@ def matmul_share_per_edge(tm: TracedModel, edges: torch.Tensor, P: int) -> float
     unembedding there. This is the floor of the method, whatever the implementation.
     """
     a, g = tm.adapter, tm.layout
-    L, d, H = g.n_layers, a.d_model, g.n_heads
+    L, d = g.n_layers, a.d_model
     dh = a.head_dim
     dm = tm.model.config.n_inner or 4 * d
     V = tm.model.config.vocab_size

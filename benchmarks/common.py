@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import resource
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config

@@ -17,7 +17,8 @@ See docs/metrics.md for the formulas.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Protocol
+from collections.abc import Callable
+from typing import Literal, Protocol
 
 import torch
 

@@ -2,16 +2,15 @@
 
 import pytest
 import torch
-
-from circuits.runtime import Patch
 from scipy.stats import pearsonr
+from tiny_models import FAMILIES, VOCAB, random_batch, tiny_model
 
 from circuits import TracedModel
-from circuits.scores import METHODS, attribute, metric_of_runs
 from circuits.metrics import logit_diff
 from circuits.patching import exact_edge_effects
+from circuits.runtime import Patch
+from circuits.scores import METHODS, attribute, metric_of_runs
 from circuits.tasks.base import Batch
-from tiny_models import FAMILIES, VOCAB, random_batch, tiny_model
 
 
 def make_batch(seed=1, B=4, P=8):
@@ -96,7 +95,8 @@ def test_padding_contributes_nothing():
     tm = TracedModel(tiny_model("llama"))
     b = make_batch(B=3)
     i = 2  # padded with 4 pads
-    unpadded = Batch(b.clean[i:, 4:], b.corrupted[i:, 4:], torch.ones(1, 4, dtype=torch.long), b.answers[i:], b.wrong[i:], torch.tensor([3]))
+    unpadded = Batch(b.clean[i:, 4:], b.corrupted[i:, 4:], torch.ones(1, 4, dtype=torch.long), b.answers[i:], b.wrong[i:],
+                     torch.tensor([3]))
     padded = Batch(b.clean[i:], b.corrupted[i:], b.attention_mask[i:], b.answers[i:], b.wrong[i:], b.answer_pos[i:])
     s1 = attribute(tm, [unpadded], "logit_diff", "eap").scores
     s2 = attribute(tm, [padded], "logit_diff", "eap").scores

@@ -7,30 +7,30 @@ import statistics
 import numpy as np
 import pytest
 import torch
+from test_attribution import make_batch
+from tiny_models import FAMILIES, tiny_model
 
 from circuits import TracedModel
-from circuits.scores import attribute, metric_of_runs
+from circuits.circuit.prune import topn
 from circuits.evaluation import (
     MIB_FRACTIONS,
     CircuitReport,
     Curve,
-    curves_to_csv,
     cmd,
     cpr,
+    curves_to_csv,
     evaluate_circuit,
     faithfulness_curve,
     node_roc,
     normalized_faithfulness,
     roc,
 )
-from circuits.render import plot_curves, plot_roc
 from circuits.graph import Graph
 from circuits.models import graph_for
 from circuits.patching import PatchRunner
-from circuits.circuit.prune import topn
+from circuits.render import plot_curves, plot_roc
+from circuits.scores import attribute, metric_of_runs
 from circuits.tasks.base import Batch
-from test_attribution import make_batch
-from tiny_models import FAMILIES, tiny_model
 
 
 @pytest.fixture(scope="module")

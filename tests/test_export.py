@@ -11,8 +11,8 @@ import networkx as nx
 import pytest
 import torch
 
-from circuits.render import export as X
 from circuits.graph import Graph, Provenance, Scoring, Selection
+from circuits.render import export as X
 
 
 def scored_graph(parallel: bool = False) -> Graph:

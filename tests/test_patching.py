@@ -2,13 +2,12 @@
 
 import pytest
 import torch
-
-from circuits.models import graph_for
-
-from circuits.runtime import Patch, Probe
+from test_attribution import make_batch
+from tiny_models import FAMILIES, VOCAB, random_batch, tiny_model
 
 from circuits import TracedModel
 from circuits.metrics import get_metric
+from circuits.models import graph_for
 from circuits.patching import (
     PatchRunner,
     acdc,
@@ -17,9 +16,8 @@ from circuits.patching import (
     path_patching,
     path_patching_grid,
 )
+from circuits.runtime import Patch, Probe
 from circuits.tasks.base import Batch
-from test_attribution import make_batch
-from tiny_models import FAMILIES, VOCAB, random_batch, tiny_model
 
 
 @pytest.fixture(scope="module")

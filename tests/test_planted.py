@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuits.scores import attribute
 from circuits.graph import Graph
 from circuits.models import graph_for
 from circuits.patching import PatchRunner, exact_edge_effects
 from circuits.runtime import TracedModel
+from circuits.scores import attribute
 from circuits.zoo.planted import PLANTED, ground_truth, load_planted, planted_task, task_spec
 
 NAMES = sorted(PLANTED)

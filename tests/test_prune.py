@@ -6,8 +6,8 @@ from collections import defaultdict
 import pytest
 import torch
 
-from circuits.graph import Graph, Selection
 from circuits.circuit.prune import dangling_mask, greedy, remove_dangling, threshold, top_fraction, topn, topn_masks
+from circuits.graph import Graph, Selection
 
 SHAPES = [(1, 1, False), (2, 2, False), (3, 2, True), (2, 3, False)]
 

@@ -10,8 +10,9 @@ import graphviz
 import pytest
 import torch
 
-from circuits.render import diagram as R
 from circuits.graph import Graph, Scoring
+from circuits.render import diagram as R
+from circuits.render import html as H
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 HAVE_DOT = shutil.which("dot") is not None
@@ -186,7 +187,7 @@ def test_missing_dot_binary_clear_error(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="apt-get install graphviz"):
         R.render(small_graph(), tmp_path / "c.svg")
     with pytest.raises(RuntimeError, match="brew install graphviz"):
-        R.render_html(small_graph(), tmp_path / "c.html")
+        H.render_html(small_graph(), tmp_path / "c.html")
     # shutil.which fooled but the binary really absent: graphviz.ExecutableNotFound is translated
     monkeypatch.setattr(shutil, "which", lambda name: "/nonexistent/dot")
     with pytest.raises(RuntimeError, match="apt-get install graphviz"):
@@ -198,11 +199,11 @@ def test_missing_dot_binary_clear_error(tmp_path, monkeypatch):
 @needs_dot
 def test_html_page_tooltips_and_table(tmp_path):
     g = small_graph(model="gpt2")
-    p = R.render_html(g, tmp_path / "c.html", top=3)
+    p = H.render_html(g, tmp_path / "c.html", top=3)
     text = p.read_text()
     assert "<svg" in text and "<?xml" not in text
     assert "a0.h1-&gt;a1.h0&lt;k&gt;  score -2</title>" in text  # hover text on the edge
     assert text.count("<tr><td>") == 3  # top-3 table
     assert "<script" not in text and "<link" not in text  # self-contained, offline
-    top = R.top_edges(g, 2)
+    top = H.top_edges(g, 2)
     assert [n for n, _ in top] == ["a0.h1->a1.h0<k>", "a1.h0->logits"]

@@ -1,11 +1,11 @@
 import pytest
 import torch
+from tiny_models import FAMILIES, VOCAB, random_batch, tiny_model
 from transformers import GPT2Config, T5Config
 
 from circuits import Patch, TracedModel, graph_for
 from circuits.models import adapter_class
 from circuits.runtime import default_position_ids
-from tiny_models import FAMILIES, VOCAB, random_batch, tiny_model
 
 TOL = 1e-4
 
@@ -120,7 +120,6 @@ def test_node_patch_matches_transformers_hooks():
     model = tiny_model("llama")
     tm = TracedModel(model)
     clean, corr, mask = random_batch()
-    g = tm.layout
     layer, head, dh = 1, 2, tm.adapter.head_dim
     o_proj = model.model.layers[layer].self_attn.o_proj
     mlp0 = model.model.layers[0].mlp

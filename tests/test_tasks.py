@@ -28,7 +28,7 @@ from circuits.tasks import (
 from circuits.tasks import docstring as docstring_mod
 from circuits.tasks import gender as gender_mod
 from circuits.tasks import ioi as ioi_mod
-from circuits.tasks.base import build_task, encode, resolve_bos
+from circuits.tasks.build import build_task, encode, resolve_bos
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,10 @@ from __future__ import annotations
 import csv
 import io
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ from torch import nn
 from ..circuit import topn_masks
 from ..graph import Graph
 from ..io import atomic_write_text, json_safe
-from ..patching import Ablation, PatchRunner
+from ..patching import PatchRunner
 from ..runtime import TracedModel
 from ..tasks import Batch, Task
 from .faithfulness import MIB_FRACTIONS, check_same_model, normalized_faithfulness
@@ -84,7 +86,7 @@ class Curve:
         return json_safe(d)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Curve":
+    def from_dict(cls, d: Mapping[str, Any]) -> Curve:
         known = {f for f in cls.__dataclass_fields__}
         kw = {k: v for k, v in d.items() if k in known}
         for k in ("m_full", "m_empty", "area"):

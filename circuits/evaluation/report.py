@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,7 +67,7 @@ class CircuitReport:
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False), overwrite=overwrite)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CircuitReport":
+    def from_dict(cls, d: Mapping[str, Any]) -> CircuitReport:
         if d.get("format", "circuits.report") != "circuits.report":
             raise ValueError(f"not a circuits report (format={d.get('format')!r})")
         kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
@@ -78,7 +79,7 @@ class CircuitReport:
         return cls(**kw)
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "CircuitReport":
+    def from_json(cls, path: str | Path) -> CircuitReport:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 

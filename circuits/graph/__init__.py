@@ -13,8 +13,8 @@ from .layout import (
     node_layer,
     split_receiver,
 )
-from .reach import on_input_logits_paths, reachability
 from .provenance import Provenance, Scoring, Selection, SelectionRule
+from .reach import on_input_logits_paths, reachability
 
 __all__ = [
     "FORMAT_NAME",

@@ -20,9 +20,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -58,19 +59,19 @@ class Graph:
     # ------------------------------------------------------------------ construction
     @classmethod
     def build(cls, n_layers: int, n_heads: int, parallel_attn_mlp: bool = False,
-              provenance: Provenance | None = None) -> "Graph":
+              provenance: Provenance | None = None) -> Graph:
         """A graph with zero scores and every edge in the circuit."""
         layout = layout_for(n_layers, n_heads, parallel_attn_mlp)
         E = layout.n_edges
         return cls(layout, torch.zeros(E), torch.ones(E, dtype=torch.bool), provenance or Provenance())
 
-    def with_scores(self, scores: torch.Tensor, **provenance: Any) -> "Graph":
+    def with_scores(self, scores: torch.Tensor, **provenance: Any) -> Graph:
         """A new graph with these ``[E]`` scores (every edge in the circuit) and provenance fields updated."""
         E = self.n_edges
         return Graph(self.layout, scores.detach().float().cpu().reshape(E).clone(), torch.ones(E, dtype=torch.bool),
                      self.provenance.replace(selection=None, faithfulness=None, **provenance))
 
-    def with_circuit(self, keep: KeepMask | Iterable[str], selection: Selection | None = None) -> "Graph":
+    def with_circuit(self, keep: KeepMask | Iterable[str], selection: Selection | None = None) -> Graph:
         """A new graph with the same scores and ``in_circuit`` from a bool ``[E]`` mask or edge names."""
         m = self.layout.keep_mask(keep)
         if m.dim() != 1:
@@ -78,11 +79,11 @@ class Graph:
         return Graph(self.layout, self.scores.clone(), (m > 0.5).cpu(),
                      self.provenance.replace(selection=selection, faithfulness=None))
 
-    def with_provenance(self, **changes: Any) -> "Graph":
+    def with_provenance(self, **changes: Any) -> Graph:
         """The same scores and circuit with provenance fields changed."""
         return dataclasses.replace(self, provenance=self.provenance.replace(**changes))
 
-    def copy(self) -> "Graph":
+    def copy(self) -> Graph:
         """A copy with cloned tensors."""
         return Graph(self.layout, self.scores.clone(), self.in_circuit.clone(), self.provenance)
 
@@ -119,7 +120,7 @@ class Graph:
     def node_index(self, name: str) -> int:
         return self.layout.node_index(name)
 
-    def same_shape(self, other: "Graph | GraphLayout") -> bool:
+    def same_shape(self, other: Graph | GraphLayout) -> bool:
         """Whether ``other`` has this graph's layout (same layers, heads and block kind)."""
         layout = other.layout if isinstance(other, Graph) else other
         return layout.shape == self.layout.shape
@@ -196,7 +197,7 @@ class Graph:
         return g
 
     @classmethod
-    def from_networkx(cls, g, provenance: Provenance | None = None) -> "Graph":
+    def from_networkx(cls, g, provenance: Provenance | None = None) -> Graph:
         """Inverse of :meth:`to_networkx` (edges absent from ``g`` are out of the circuit, score 0)."""
         names, scores, flags = [], [], []
         for s, t, data in g.edges(data=True):
@@ -209,7 +210,7 @@ class Graph:
 
     @classmethod
     def from_edges(cls, layout: GraphLayout, names: Sequence[str], scores: Sequence[float], flags: Sequence[bool],
-                   provenance: Provenance | None = None) -> "Graph":
+                   provenance: Provenance | None = None) -> Graph:
         """A graph where the listed edges have these scores and flags; unlisted edges score 0, out of the circuit."""
         s = torch.zeros(layout.n_edges)
         keep = torch.zeros(layout.n_edges, dtype=torch.bool)
@@ -237,7 +238,7 @@ class Graph:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Graph":
+    def from_dict(cls, d: dict[str, Any]) -> Graph:
         """Inverse of :meth:`to_dict`; checks the format, version and edge names."""
         if not isinstance(d, dict):
             raise ValueError(f"not a circuits graph file (a JSON {type(d).__name__}, expected an object)")
@@ -266,7 +267,7 @@ class Graph:
         return atomic_write_text(path, json.dumps(self.to_dict()), overwrite=overwrite)
 
     @classmethod
-    def load_json(cls, path: str | Path) -> "Graph":
+    def load_json(cls, path: str | Path) -> Graph:
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"graph file {p} does not exist")

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence, TypeAlias
+from typing import TypeAlias
 
 import torch
 

@@ -9,8 +9,9 @@ in a file are kept in :attr:`Provenance.extra` and written back unchanged.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 SelectionRule = Literal["topn", "threshold", "top_fraction", "greedy", "acdc", "iterative", "faithfulness", "names"]
 """How a circuit was chosen from scores (see :mod:`circuits.circuit.prune`)."""
@@ -59,7 +60,7 @@ class Provenance:
     faithfulness: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    def replace(self, **changes: Any) -> "Provenance":
+    def replace(self, **changes: Any) -> Provenance:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
 
@@ -84,7 +85,7 @@ class Provenance:
         return out
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "Provenance":
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Provenance:
         """Inverse of :meth:`to_dict`; tolerant of files written by older versions."""
         d = dict(d or {})
         scoring = d.pop("scoring", None)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from .base import AttnWeights, linear_heads, linear_out_heads
 from .gpt2 import GPT2Adapter
 

@@ -15,8 +15,9 @@ the patched edges supported the behaviour.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Mapping, get_args
+from typing import Literal, get_args
 
 import torch
 from torch import nn

@@ -21,12 +21,12 @@ Shapes: K edges in a chunk, B examples, P positions, d model width, H heads, dh 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
 from ..models.base import apply_rotary
-from ..runtime import Block, PlainIO, Prefix, causal_mask, default_position_ids
+from ..runtime import PlainIO, Prefix, causal_mask, default_position_ids
 from .runner import PatchRunner, PreparedBatch
 
 __all__ = ["single_edge_metric_values"]

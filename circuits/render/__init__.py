@@ -1,12 +1,14 @@
 """Render and export: Graphviz diagrams, the HTML page, plots, and files other tools read."""
 
-from .diagram import render, render_html, svg_text, to_dot
+from .diagram import render, svg_text, to_dot
 from .export import load, save
 from .formats import DATA_FORMATS, DIAGRAM_FORMATS, FORMATS, IMAGE_FORMATS, LOADABLE, resolve_format
+from .html import html_page, render_html
 from .plots import plot_curves, plot_heatmap, plot_roc
 
 __all__ = [
     "DATA_FORMATS",
+    "html_page",
     "DIAGRAM_FORMATS",
     "FORMATS",
     "IMAGE_FORMATS",

@@ -17,14 +17,15 @@ import html
 import math
 import re
 import shutil
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import graphviz
 
 from ..graph import Graph, node_layer, split_receiver
-from ..io import atomic_write_bytes, atomic_write_text, check_target
+from ..io import atomic_write_bytes, check_target
 from .formats import DIAGRAM_FORMATS, resolve_format
 
 FONT = "Helvetica"
@@ -251,8 +252,8 @@ def to_dot(
         merge_qkv: one edge per (sender, head) with the q/k/v scores summed.
         collapse_heads: one node ``a{l}`` per layer for its heads (scores summed).
         groups: ``{"name movers": ["a9.h6", "a9.h9"], ...}`` drawn as labelled boxes.
-        title: the diagram title; default built from ``graph.meta`` (model, task, method,
-            edge count, faithfulness).
+        title: the diagram title; default built from the graph's provenance (model, task,
+            method, edge count, faithfulness).
         legend: draw the colour / line-style legend.
         layer_labels: label each rank at the side (``L3 attn``, ``L3 mlp``, ``embed``, ``unembed``).
         max_edges, force: refuse circuits with more than ``max_edges`` edges unless ``force``.
@@ -263,37 +264,33 @@ def to_dot(
     edges = drawn_edges(graph, merge_qkv=merge_qkv, collapse_heads=collapse_heads)
     L = graph.n_layers
     # Nodes in topological order of the drawing.
-    nodes: list[str] = []
-    seen: set[str] = set()
-    for e in edges:
-        for n in (e.sender, e.receiver):
-            if n not in seen:
-                seen.add(n)
-                nodes.append(n)
-    nodes.sort(key=lambda n: (node_stage(n, L), _head_index(n)))
+    seen = {n for e in edges for n in (e.sender, e.receiver)}
+    nodes = sorted(seen, key=lambda n: (node_stage(n, L), _head_index(n), n))
     group_of = _resolve_groups(graph, groups, seen, collapse_heads)
+    dot = _new_digraph(title if title is not None else default_title(graph, graph.n_circuit_edges))
+    _add_nodes(dot, graph, nodes, group_of, collapse_heads)
+    legend_label = _legend_label(edges, collapse_heads, merge_qkv) if legend and edges else None
+    _add_ranks(dot, nodes, L, layer_labels, legend_label)
+    if not edges:
+        dot.node("_empty", label="(empty circuit: no in-circuit edges)", shape="plaintext", fontcolor="#777777")
+    _add_edges(dot, edges)
+    return dot
 
-    n_shown = graph.n_circuit_edges
-    title_text = title if title is not None else default_title(graph, n_shown)
+
+def _new_digraph(title_text: str) -> graphviz.Digraph:
     dot = graphviz.Digraph(name="circuit")
-    dot.attr(
-        "graph",
-        rankdir="BT",
-        newrank="true",
-        nodesep="0.22",
-        ranksep="0.42",
-        fontname=FONT,
-        fontsize="13",
-        bgcolor="white",
-        labelloc="t",
-        labeljust="c",
-        pad="0.2",
-    )
+    dot.attr("graph", rankdir="BT", newrank="true", nodesep="0.22", ranksep="0.42", fontname=FONT, fontsize="13",
+             bgcolor="white", labelloc="t", labeljust="c", pad="0.2")
     if title_text:
         dot.attr("graph", label=f"<{_html_lines(title_text, bold_first=True)}>")
     dot.attr("node", fontname=FONT, fontsize="11", height="0.3", width="0.5", margin="0.08,0.03", penwidth="1.0")
     dot.attr("edge", fontname=FONT, fontsize="9", arrowsize="0.55")
+    return dot
 
+
+def _add_nodes(dot: graphviz.Digraph, graph: Graph, nodes: list[str], group_of: dict[str, list[str]],
+               collapse_heads: bool) -> None:
+    """Every drawn node, the grouped ones inside their labelled boxes."""
     collapsed_counts: dict[str, int] = {}
     if collapse_heads:
         for n in graph.circuit_nodes():
@@ -302,40 +299,31 @@ def to_dot(
                 collapsed_counts[c] = collapsed_counts.get(c, 0) + 1
 
     def add_node(target: graphviz.Digraph, n: str) -> None:
-        kind = node_kind(n)
-        attrs = dict(NODE_STYLE[kind])
-        label = n
-        tip = n
+        label, tip = n, n
         if n in collapsed_counts:
             k = collapsed_counts[n]
             label = f"{n} ({k} head{'s' if k != 1 else ''})"
             tip = f"{n}: {k} heads of layer {n[1:]} in the circuit, collapsed"
-        target.node(n, label=label, tooltip=tip, **attrs)
+        target.node(n, label=label, tooltip=tip, **dict(NODE_STYLE[node_kind(n)]))
 
     grouped = {n for members in group_of.values() for n in members}
     for i, (gname, members) in enumerate(group_of.items()):
         if not members:
             continue
         with dot.subgraph(name=f"cluster_group{i}") as c:
-            c.attr(
-                label=gname,
-                style="rounded,filled",
-                fillcolor=GROUP_FILLS[i % len(GROUP_FILLS)],
-                color=GROUP_BORDERS[i % len(GROUP_BORDERS)],
-                fontname=FONT,
-                fontsize="11",
-                fontcolor="#333333",
-                margin="6",
-                labelloc="b",  # with rankdir=BT, "b" puts the label at the top of the box
-            )
+            c.attr(label=gname, style="rounded,filled", fillcolor=GROUP_FILLS[i % len(GROUP_FILLS)],
+                   color=GROUP_BORDERS[i % len(GROUP_BORDERS)], fontname=FONT, fontsize="11", fontcolor="#333333",
+                   margin="6", labelloc="b")  # with rankdir=BT, "b" puts the label at the top of the box
             for n in members:
                 add_node(c, n)
     for n in nodes:
         if n not in grouped:
             add_node(dot, n)
 
-    # One rank per occupied stage, chained bottom-to-top by an invisible spine so that layers
-    # stay in order even when no drawn edge connects them.
+
+def _add_ranks(dot: graphviz.Digraph, nodes: list[str], L: int, layer_labels: bool, legend_label: str | None) -> None:
+    """One rank per occupied stage, chained bottom-to-top by an invisible spine so that layers
+    stay in order even when no drawn edge connects them; the legend sits on the lowest rank."""
     stages = sorted({node_stage(n, L) for n in nodes})
     for s in stages:
         with dot.subgraph() as r:
@@ -347,28 +335,20 @@ def to_dot(
             for n in nodes:
                 if node_stage(n, L) == s:
                     r.node(n)
-            if legend and edges and s == stages[0]:
-                r.node("_legend", label=_legend_label(edges, collapse_heads, merge_qkv), shape="plain", fontsize="9")
+            if legend_label is not None and s == stages[0]:
+                r.node("_legend", label=legend_label, shape="plain", fontsize="9")
     for a, b in zip(stages, stages[1:]):
         dot.edge(f"_rank{a}", f"_rank{b}", style="invis", weight="10")
 
-    if not edges:
-        dot.node("_empty", label="(empty circuit: no in-circuit edges)", shape="plaintext", fontcolor="#777777")
 
+def _add_edges(dot: graphviz.Digraph, edges: list[DrawnEdge]) -> None:
+    """Colour = sign of the score, width = |score| relative to the largest, style = q/k/v input."""
     finite = [abs(e.score) for e in edges if math.isfinite(e.score)]
     max_abs = max(finite, default=0.0)
     for i, e in enumerate(edges):
         rel = abs(e.score) / max_abs if max_abs > 0 and math.isfinite(e.score) else 0.0
-        dot.edge(
-            e.sender,
-            e.receiver,
-            id=f"e{i}",
-            color=edge_color(e.score, rel),
-            penwidth=f"{penwidth(e.score, max_abs):.2f}",
-            style=QKV_STYLE[e.input],
-            tooltip=edge_tooltip(e),
-        )
-    return dot
+        dot.edge(e.sender, e.receiver, id=f"e{i}", color=edge_color(e.score, rel),
+                 penwidth=f"{penwidth(e.score, max_abs):.2f}", style=QKV_STYLE[e.input], tooltip=edge_tooltip(e))
 
 
 def edge_tooltip(e: DrawnEdge) -> str:
@@ -432,88 +412,3 @@ def render(
 def svg_text(graph: Graph, **kw: Any) -> str:
     """The circuit as an SVG document (string)."""
     return pipe_bytes(to_dot(graph, **kw), "svg").decode("utf-8")
-
-
-# ---------------------------------------------------------------------- HTML
-_EDGE_TITLE_RE = re.compile(r'(<g id="(e\d+)" class="edge">\s*<title>)(.*?)(</title>)', re.S)
-
-_HTML_TEMPLATE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{title}</title>
-<style>
-body {{ font-family: Helvetica, Arial, sans-serif; margin: 1.5em; color: #222; }}
-h1 {{ font-size: 1.2em; margin-bottom: 0.2em; }}
-.meta {{ color: #555; font-size: 0.9em; margin-bottom: 1em; }}
-.diagram svg {{ max-width: 100%; height: auto; }}
-g.edge:hover path {{ stroke-opacity: 1; stroke-width: 6; }}
-g.edge:hover polygon {{ fill-opacity: 1; }}
-table {{ border-collapse: collapse; font-size: 0.9em; margin-top: 1em; }}
-th, td {{ border-bottom: 1px solid #ddd; padding: 0.2em 0.8em; text-align: left; }}
-td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
-.pos {{ color: {pos}; }} .neg {{ color: {neg}; }}
-</style>
-</head>
-<body>
-<h1>{title}</h1>
-<div class="meta">{meta}</div>
-<p class="meta">Hover over an edge to see its name and score.</p>
-<div class="diagram">
-{svg}
-</div>
-<h2 style="font-size:1em">Top {n_top} of {n_edges} circuit edges by |score|</h2>
-<table>
-<tr><th>#</th><th>edge</th><th>score</th></tr>
-{rows}
-</table>
-</body>
-</html>
-"""
-
-
-def top_edges(graph: Graph, n: int = 20) -> list[tuple[str, float]]:
-    """The ``n`` in-circuit edges with the largest |score| (NaN last), as (name, score)."""
-    idx = graph.in_circuit.nonzero().flatten()
-    names = graph.edge_names(idx)
-    scores = graph.scores[idx].tolist()
-    pairs = sorted(zip(names, scores), key=lambda p: -abs(p[1]) if math.isfinite(p[1]) else math.inf)
-    return pairs[:n]
-
-
-def html_page(graph: Graph, *, top: int = 20, **kw: Any) -> str:
-    """A self-contained HTML page: the circuit's SVG (edge tooltips) and a table of its top edges."""
-    svg = pipe_bytes(to_dot(graph, **kw), "svg").decode("utf-8")
-    svg = svg[svg.find("<svg"):] if "<svg" in svg else svg  # drop the XML prolog and DOCTYPE
-    edges = drawn_edges(graph, merge_qkv=kw.get("merge_qkv", False), collapse_heads=kw.get("collapse_heads", False))
-    tips = {f"e{i}": edge_tooltip(e) for i, e in enumerate(edges)}
-
-    def retitle(m: re.Match) -> str:
-        # Put name + score in the edge's <title>, which every browser shows on hover.
-        tip = tips.get(m.group(2))
-        return m.group(0) if tip is None else m.group(1) + html.escape(tip, quote=False) + m.group(4)
-
-    svg = _EDGE_TITLE_RE.sub(retitle, svg)
-    title = kw.get("title") or default_title(graph, graph.n_circuit_edges).replace("\n", " — ")
-    meta = " · ".join(
-        f"{html.escape(str(k))}: {html.escape(str(v))}"
-        for k, v in graph.provenance.to_dict().items()
-        if isinstance(v, (str, int, float, bool))
-    )
-    pairs = top_edges(graph, top)
-    rows = "\n".join(
-        f'<tr><td>{i + 1}</td><td><code>{html.escape(name)}</code></td>'
-        f'<td class="num {"pos" if s > 0 else "neg" if s < 0 else ""}">{fmt_score(s)}</td></tr>'
-        for i, (name, s) in enumerate(pairs)
-    )
-    return _HTML_TEMPLATE.format(
-        title=html.escape(title), meta=meta, svg=svg, n_top=len(pairs), n_edges=graph.n_circuit_edges,
-        rows=rows, pos=POSITIVE, neg=NEGATIVE,
-    )
-
-
-def render_html(graph: Graph, path: str | Path, *, overwrite: bool = False, top: int = 20, **kw: Any) -> Path:
-    """Write :func:`html_page` to ``path`` atomically (works offline: nothing is fetched)."""
-    path = Path(path)
-    check_target(path, overwrite)
-    return atomic_write_text(path, html_page(graph, top=top, **kw), overwrite=overwrite)

@@ -60,11 +60,12 @@ def save(
         raise ValueError("the JSON format always stores every edge (in_circuit marks the circuit); drop circuit_only")
     check_target(path, overwrite)
     if fmt in IMAGE_FORMATS:
-        from . import diagram
+        from .diagram import render
+        from .html import render_html
 
         if fmt == "html":
-            return diagram.render_html(graph, path, overwrite=overwrite, **render_options)
-        return diagram.render(graph, path, fmt, overwrite=overwrite, **render_options)
+            return render_html(graph, path, overwrite=overwrite, **render_options)
+        return render(graph, path, fmt, overwrite=overwrite, **render_options)
     if fmt == "json":
         return atomic_write_text(path, json.dumps(graph.to_dict()), overwrite=overwrite)
     if fmt == "csv":

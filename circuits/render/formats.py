@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 DATA_FORMATS: tuple[str, ...] = ("json", "graphml", "gexf", "csv", "dot")
 """Files other tools read (no Graphviz needed)."""

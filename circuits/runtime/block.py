@@ -31,7 +31,7 @@ Rotary = tuple[torch.Tensor, torch.Tensor] | None
 class BlockIO(Protocol):
     """How a block reads its receivers and writes its senders (see :class:`~circuits.runtime.state.RunState`)."""
 
-    def qkv(self, block: "Block", x: torch.Tensor, at: torch.Tensor | None
+    def qkv(self, block: Block, x: torch.Tensor, at: torch.Tensor | None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v ``[B', H, Pq, dh]`` (before rotary; k/v per query head) from the residual ``x`` [B', P, d]."""
 
@@ -48,7 +48,7 @@ class BlockIO(Protocol):
 class PlainIO:
     """A block that reads and writes the residual stream unchanged (a plain forward)."""
 
-    def qkv(self, block: "Block", x: torch.Tensor, at: torch.Tensor | None):
+    def qkv(self, block: Block, x: torch.Tensor, at: torch.Tensor | None):
         h = block.attn_norm(x)
         return block.project(h if at is None else block.rows_at(h, at), h, h)
 

@@ -11,7 +11,7 @@ H query heads, dh head width.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -86,7 +86,7 @@ class RunState:
     def _delta(self, gi: int) -> torch.Tensor:
         if gi not in self.deltas:
             s0, s1, z, shared = self.groups[gi]
-            n, (Bp, P, d) = s1 - s0, z.shape[1:]
+            n, (_, P, d) = s1 - s0, z.shape[1:]
             zc = self.reference[s0:s1].to(z.dtype)
             self.deltas[gi] = z - zc if shared else z.reshape(n, self.K, self.B, P, d) - zc.unsqueeze(1)
         return self.deltas[gi]

@@ -28,8 +28,9 @@ matmul inside the backward hook; no loop over edges.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, get_args
+from typing import Literal, get_args
 
 import torch
 from torch import nn

@@ -25,8 +25,9 @@ without a tokenizer). :func:`gpt2_tokenizer` loads the GPT-2 tokenizer shipped w
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .base import Task

@@ -28,7 +28,8 @@ from typing import Any
 
 from circuits.metrics import METRICS
 
-from .base import Task, encode, pad_id_for, resolve_bos, tokenizer_label
+from .base import Task
+from .build import encode, pad_id_for, resolve_bos, tokenizer_label
 
 __all__ = ["REQUIRED_COLUMNS", "load_csv", "load_jsonl", "task_from_ids", "task_from_rows"]
 

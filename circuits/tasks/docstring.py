@@ -26,9 +26,11 @@ Corruptions (names from the authors' generator; all keep the token layout):
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from .base import Task, build_task, read_word_list, single_token_words, take, tokenizer_label
+from .base import Task
+from .build import build_task, read_word_list, single_token_words, take, tokenizer_label
 
 __all__ = ["CORRUPTIONS", "identifiers", "description_words", "render", "generate_examples", "make_docstring",
            "words"]

@@ -10,9 +10,11 @@ Metric ``logit_diff``.
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from .base import Task, build_task, read_word_list, single_token_words, take, template_words, tokenizer_label
+from .base import Task
+from .build import build_task, read_word_list, single_token_words, take, template_words, tokenizer_label
 
 __all__ = ["TEMPLATES", "ROLES", "male_names", "female_names", "generate_examples", "make_gender", "words"]
 

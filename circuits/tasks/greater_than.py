@@ -13,9 +13,11 @@ tokenize as [.. " XX", "YY"] (e.g. GPT-2 has single tokens for " 1600" or " 1280
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from .base import Task, build_task, encode, encode_many, read_word_list, take, tokenizer_label
+from .base import Task
+from .build import build_task, encode, encode_many, read_word_list, take, tokenizer_label
 
 __all__ = ["TEMPLATE", "CENTURIES", "nouns", "generate_examples", "make_greater_than", "words", "year_tokens"]
 

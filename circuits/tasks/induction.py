@@ -17,9 +17,11 @@ with a leading space; pass ``vocab_ids`` to draw from any token ids instead.
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from .base import Task, encode, pad_id_for, read_word_list, resolve_bos, single_token_words, tokenizer_label
+from .base import Task
+from .build import encode, pad_id_for, read_word_list, resolve_bos, single_token_words, tokenizer_label
 
 __all__ = ["common_words", "generate_examples", "make_induction", "words", "default_vocab_ids"]
 

@@ -13,9 +13,11 @@ token positions.
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from .base import Task, build_task, read_word_list, single_token_words, take, template_words, tokenizer_label
+from .base import Task
+from .build import build_task, read_word_list, single_token_words, take, template_words, tokenizer_label
 
 __all__ = ["TEMPLATES", "PLACES", "OBJECTS", "names", "generate_examples", "make_ioi", "words"]
 

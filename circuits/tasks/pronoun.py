@@ -13,9 +13,11 @@ Metric ``logit_diff``.
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from .base import Task, build_task, encode, take, template_words, tokenizer_label
+from .base import Task
+from .build import build_task, encode, take, template_words, tokenizer_label
 
 __all__ = ["TEMPLATES", "PAIRS", "generate_examples", "make_pronoun", "words"]
 

@@ -14,9 +14,11 @@ subject, the classic agreement-attraction setting).
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from .base import Task, build_task, read_word_list, single_token_words, take, tokenizer_label
+from .base import Task
+from .build import build_task, read_word_list, single_token_words, take, tokenizer_label
 
 __all__ = ["TEMPLATES", "SINGULAR_VERBS", "PLURAL_VERBS", "noun_pairs", "generate_examples", "make_sva", "words"]
 

@@ -94,7 +94,7 @@ TASK = {
 }
 
 
-def build_model() -> tuple[GPT2LMHeadModel, Space]:
+def build_model() -> tuple[GPT2LMHeadModel, Space]:  # long: one hand-compiled construction, read top to bottom
     g = torch.Generator().manual_seed(SEED)
     sp = Space(D, seed=SEED, mean_zero=True)
     u_c = sp.alloc("const", 1)[0]

@@ -106,7 +106,7 @@ def rope_omegas() -> torch.Tensor:
     return 1.0 / (ROPE_THETA ** (torch.arange(0, DH, 2, dtype=torch.float) / DH))
 
 
-def build_model() -> tuple[LlamaForCausalLM, Space]:
+def build_model() -> tuple[LlamaForCausalLM, Space]:  # long: one hand-compiled construction, read top to bottom
     g = torch.Generator().manual_seed(SEED)
     sp = Space(D, seed=SEED, mean_zero=False)
     u_c = sp.alloc("const", 1)[0]

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ...evaluation import roc
-from ...scores import attribute
 from ...patching import PatchRunner, acdc, exact_edge_effects
 from ...runtime import TracedModel
+from ...scores import attribute
 from . import PLANTED, ground_truth, load_planted, planted_task
 
 __all__ = ["Verification", "verify", "auc", "rank_of", "score_methods", "main"]

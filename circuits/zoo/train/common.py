@@ -15,14 +15,15 @@ import math
 import platform
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import transformers
-from torch import nn
 from tokenizers import Tokenizer, processors
 from tokenizers.models import WordLevel
+from torch import nn
 from transformers import GPT2Config, PreTrainedModel, PreTrainedTokenizerFast
 
 from circuits.zoo.llama2c_tokenizer import save_fast_tokenizer

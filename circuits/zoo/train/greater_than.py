@@ -33,8 +33,18 @@ from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from circuits.tasks import greater_than as gt
 from circuits.zoo.train.common import (  # noqa: F401  (ids re-exported for callers)
-    BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, adamw, base_parser, gpt2_config, isolated_torch_state, save_run,
-    warmup_cosine, word_level_tokenizer,
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    UNK_ID,
+    adamw,
+    base_parser,
+    gpt2_config,
+    isolated_torch_state,
+    save_run,
+    warmup_cosine,
+    word_level_tokenizer,
 )
 
 __all__ = [

@@ -38,8 +38,18 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from circuits.zoo.train.common import (  # noqa: F401  (ids re-exported for callers)
-    BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, adamw, base_parser, gpt2_config, isolated_torch_state, save_run,
-    warmup_cosine, word_level_tokenizer,
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    UNK_ID,
+    adamw,
+    base_parser,
+    gpt2_config,
+    isolated_torch_state,
+    save_run,
+    warmup_cosine,
+    word_level_tokenizer,
 )
 
 __all__ = [

@@ -36,8 +36,18 @@ from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from circuits.tasks import ioi
 from circuits.zoo.train.common import (  # noqa: F401  (ids re-exported for callers)
-    BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID, adamw, base_parser, gpt2_config, isolated_torch_state, save_run,
-    warmup_cosine, word_level_tokenizer,
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    UNK_ID,
+    adamw,
+    base_parser,
+    gpt2_config,
+    isolated_torch_state,
+    save_run,
+    warmup_cosine,
+    word_level_tokenizer,
 )
 
 __all__ = [
@@ -265,7 +275,7 @@ def head_ablation(model: GPT2LMHeadModel, batch: Batch, mean: bool = False) -> d
     for layer, block in enumerate(model.transformer.h):
         means: dict[str, torch.Tensor] = {}
         if mean:
-            grab = block.attn.c_proj.register_forward_pre_hook(lambda m, args: means.__setitem__("z", args[0].mean(0)))
+            grab = block.attn.c_proj.register_forward_pre_hook(lambda m, args, means=means: means.__setitem__("z", args[0].mean(0)))
             try:
                 model(input_ids=batch.ids)
             finally:
@@ -273,7 +283,7 @@ def head_ablation(model: GPT2LMHeadModel, batch: Batch, mean: bool = False) -> d
         for head in range(model.config.n_head):
             sl = slice(head * head_dim, (head + 1) * head_dim)
 
-            def ablate(module: torch.nn.Module, args: tuple, sl: slice = sl) -> tuple:
+            def ablate(module: torch.nn.Module, args: tuple, sl: slice = sl, means: dict = means) -> tuple:
                 z = args[0].clone()
                 z[..., sl] = means["z"][..., sl] if mean else 0
                 return (z,) + tuple(args[1:])
