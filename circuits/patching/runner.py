@@ -120,13 +120,15 @@ class PatchRunner:
         *,
         progress: bool = False,
         resume_from: tuple[int, list[RunOutput]] | None = None,
+        per_example: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Mean metrics over the data for each keep-mask: ``masks`` ``[K, E]`` -> ``{name: [K]}`` float64.
 
         ``metrics`` defaults to ``{"m": runner's metric}``. Each metric receives the answer-position
         logits ``[n, 1, V]``, the batch with ``answer_pos = 0`` and the clean logits there.
         ``resume_from = (layer, base_runs(mask))``: every mask equals that base mask on edges into
-        layers before ``layer``, so those layers are not recomputed.
+        layers before ``layer``, so those layers are not recomputed. With ``per_example`` the values
+        are not averaged: ``{name: [K, N]}`` in the order of the data (for bootstrap intervals).
         """
         masks = self.layout.keep_mask(masks)
         masks = masks[None] if masks.dim() == 1 else masks
@@ -138,7 +140,10 @@ class PatchRunner:
         if resume_from is not None:
             full = empty = torch.zeros_like(full)
         patched = (~full & ~empty).nonzero().flatten()
-        totals = {k: torch.zeros(len(uniq), dtype=torch.float64) for k in fns}
+        values = {k: torch.zeros(len(uniq), self.n_examples, dtype=torch.float64) for k in fns}  # [U, N]
+        starts = [0]
+        for p in self.prepared:
+            starts.append(starts[-1] + len(p.batch))
         work = [(i, p, patched[c0:c0 + self.rows_per_forward(p)])
                 for i, p in enumerate(self.prepared) for c0 in range(0, len(patched), self.rows_per_forward(p))]
         it: Iterable = work
@@ -147,21 +152,25 @@ class PatchRunner:
 
             it = tqdm(work, desc="patching", unit="chunk")
         with torch.no_grad():
-            for p in self.prepared:
+            for i, p in enumerate(self.prepared):
+                cols = slice(starts[i], starts[i + 1])
                 for rows, logits in ((full, p.clean_logits), (empty, p.corrupted_logits)):
                     if bool(rows.any()):
                         for k, fn in fns.items():
-                            totals[k][rows] += float(self.chunk_metric(p, logits, 1, fn)[0])
+                            values[k][rows, cols] = self.chunk_values(p, logits, 1, fn)
             for i, p, rows in it:
                 resume = None
                 if resume_from is not None:
                     layer, bases = resume_from
                     resume = Prefix(layer, bases[i].resid[layer], bases[i].senders)
-                out = self.tm.run(p.batch.clean, p.batch.attention_mask, patch=Patch(uniq[rows].to(self.tm.device), p.reference),
+                keep = uniq[rows].to(self.tm.device)
+                out = self.tm.run(p.batch.clean, p.batch.attention_mask, patch=Patch(keep, p.reference),
                                   logit_positions=p.batch.answer_pos, resume=resume)
                 for k, fn in fns.items():
-                    totals[k][rows] += self.chunk_metric(p, out.logits, len(rows), fn)
-        return {k: (t / self.n_examples)[inverse] for k, t in totals.items()}
+                    values[k][rows, starts[i]:starts[i + 1]] = self.chunk_values(p, out.logits, len(rows), fn)
+        if per_example:
+            return {k: v[inverse] for k, v in values.items()}
+        return {k: (v.sum(1) / self.n_examples)[inverse] for k, v in values.items()}
 
     def metric_values(self, masks: KeepMask, progress: bool = False) -> torch.Tensor:
         """Mean of the runner's metric for each keep-mask ``[K, E]`` -> ``[K]`` float32."""
@@ -171,13 +180,17 @@ class PatchRunner:
         """Masks of batch ``p`` per forward pass (``max_rows // B``, at least 1)."""
         return max(1, self.max_rows // len(p.batch))
 
-    def chunk_metric(self, p: PreparedBatch, logits: torch.Tensor, n: int, metric: Callable | None = None) -> torch.Tensor:
-        """Metric summed over ``p``'s examples for each of ``n`` runs stacked mask-major:
-        answer-position ``logits`` ``[n * B, 1, V]`` -> ``[n]`` float64 on the CPU."""
+    def chunk_values(self, p: PreparedBatch, logits: torch.Tensor, n: int, metric: Callable | None = None) -> torch.Tensor:
+        """Metric of each of ``p``'s examples for each of ``n`` runs stacked mask-major:
+        answer-position ``logits`` ``[n * B, 1, V]`` -> ``[n, B]`` float64 on the CPU."""
         fn = metric or self.metric
         b = p.batch
         vals = fn(logits, b.repeat(n).at_answer(), p.clean_logits.repeat(n, 1, 1)).float().view(n, len(b))
-        return vals.sum(1).double().cpu()
+        return vals.double().cpu()
+
+    def chunk_metric(self, p: PreparedBatch, logits: torch.Tensor, n: int, metric: Callable | None = None) -> torch.Tensor:
+        """:meth:`chunk_values` summed over the examples: ``[n]`` float64."""
+        return self.chunk_values(p, logits, n, metric).sum(1)
 
     def base_runs(self, mask: KeepMask) -> list[RunOutput]:
         """One recorded run per prepared batch under ``mask`` ([E]), to resume masked runs from."""

@@ -1,0 +1,238 @@
+"""The ``circuits`` subcommands: ``cmd_<name>(args) -> exit code``, each checking everything (see
+:mod:`circuits.cli.preflight`) before the expensive work."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError, one_line
+from .parser import (
+    DATA_FORMATS,
+    DISCOVER_OUTPUTS,
+    DRAWING_FORMATS,
+    IG_METHODS,
+    INSTALL_GRAPHVIZ,
+    MAX_DIAGRAM_EDGES,
+    PLOT_FORMATS,
+)
+from .preflight import (
+    Model,
+    check_out_file,
+    check_out_folder,
+    format_of,
+    is_planted,
+    load_circuit,
+    prepare,
+    progress,
+    read_json_file,
+    resolve_discover,
+    same_model,
+)
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{w}}  {v}" for k, v in rows)
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_discover(args: argparse.Namespace) -> int:
+    resolve_discover(args)
+    out = Path(args.out)
+    check_out_folder(out, DISCOVER_OUTPUTS, args.force)
+    model = Model(args.model, require_tokenizer=not is_planted(args.model, args.task))
+    if args.edges is not None and args.edges > model.layout.n_edges:
+        if args.edges_given:
+            raise UsageError(f"--edges {args.edges} is more than the {model.layout.n_edges} edges of {args.model}")
+        args.edges = model.layout.n_edges  # the default asks for more edges than this small model has
+    t0 = time.perf_counter()
+    lm, task, train, test = prepare(args, model)
+    t_load = time.perf_counter() - t0
+
+    from ..pipeline import discover, write_outputs
+
+    progress(args, f"discovering: {args.method} on {len(train)} examples, then evaluation on {len(test)}"
+                    + ("" if args.no_curve else " and the faithfulness curve"))
+    found = discover(lm, train, test, args.method, metric=args.metric, edges=args.edges, threshold=args.threshold,
+                     rule=args.prune, signed=args.signed, steps=args.steps, tau=args.tau, batch_size=args.batch_size,
+                     curve=not args.no_curve, model_name=args.model, progress=not args.quiet)
+    report = found.report
+    report.timings.pop("total", None)
+    report.timings["load_s"] = round(t_load, 4)
+    report.timings["total_s"] = round(time.perf_counter() - t0, 4)
+    report.settings.update({
+        "model": args.model,
+        "task": task.name,
+        "task_file": task.meta.get("source_file"),
+        "metric": report.metric,
+        "n_examples": len(task),
+        "n_train": len(train),
+        "n_test": len(test),
+        "test_fraction": args.test_fraction,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "dtype": args.dtype,
+        "tau": args.tau if args.method == "acdc" else None,
+        "steps": args.steps if args.method in IG_METHODS else None,
+        "curve": not args.no_curve,
+    })
+    write_outputs(found, out, overwrite=args.force, force_render=args.force_render,
+                  title=f"{args.model} / {task.name}: faithfulness by circuit size")
+    for note in found.warnings:
+        print(f"warning: {one_line(note)}", file=sys.stderr)
+    circuit, curve = found.circuit, found.curve
+    rows = [
+        ("model", args.model),
+        ("task", f"{task.name} ({len(train)} train / {len(test)} test examples)"),
+        ("method", args.method),
+        ("edges", f"{circuit.n_circuit_edges} of {circuit.n_edges}"),
+        ("nodes", str(len(circuit.circuit_nodes()))),
+        ("metric", f"{report.metric}: full {report.m_full:.4f}, circuit {report.m_circuit:.4f}, empty {report.m_empty:.4f}"),
+        ("faithfulness", f"{report.faithfulness:.3f}"),
+        ("KL to full", f"{report.kl_to_full:.4f}"),
+        ("accuracy", f"{report.accuracy:.3f} (full model {report.accuracy_full:.3f})"),
+    ]
+    if curve is not None:
+        rows.append((curve.kind, f"{curve.area:.3f}"))
+    rows += [("time", f"{report.timings['total_s']:.1f} s"),
+             ("written", f"{out}: " + ", ".join(f.name for f in found.files))]
+    print(_table(rows))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    circuit_path = Path(args.circuit)
+    if args.out:
+        check_out_file(Path(args.out), args.force)
+    model = Model(args.model, require_tokenizer=not is_planted(args.model, args.task))
+    graph = load_circuit(circuit_path, "--circuit")
+    if graph.layout.shape != model.layout.shape:
+        L, H, par = graph.layout.shape
+        shape = f"{L} layers x {H} heads" + (", parallel attention/MLP" if par else "")
+        found_on = f" (found on {graph.provenance.model})" if graph.provenance.model else ""
+        raise UsageError(f"--circuit {circuit_path} is for a model of {shape}{found_on}, but --model {args.model} "
+                         f"has {model.shape_text()}; evaluate it on the model it was found on")
+    if graph.provenance.model and not same_model(graph.provenance.model, args.model) and not args.force:
+        raise UsageError(f"--circuit {circuit_path} was found on model {graph.provenance.model!r}, not on --model "
+                         f"{args.model!r} (same shape); pass --force to evaluate it on {args.model} anyway")
+    lm, task, _, test = prepare(args, model)
+
+    from ..evaluation import evaluate_circuit
+
+    progress(args, f"evaluating {graph.n_circuit_edges} edges on {len(test)} held-out examples ...")
+    t0 = time.perf_counter()
+    report = evaluate_circuit(lm, graph, test, metric=args.metric, ablation=args.ablation, batch_size=args.batch_size)
+    report.model, report.task = args.model, task.name
+    report.timings["total_s"] = round(time.perf_counter() - t0, 4)
+    report.settings.update({"model": args.model, "task": task.name, "task_file": task.meta.get("source_file"),
+                            "circuit": str(circuit_path), "n_test": len(test), "seed": args.seed,
+                            "test_fraction": args.test_fraction, "device": args.device, "dtype": args.dtype})
+    rows = [
+        ("circuit", f"{args.circuit} ({graph.n_circuit_edges} edges)"),
+        ("task", f"{task.name} ({len(test)} test examples)"),
+        ("metric", f"{report.metric}: full {report.m_full:.4f}, circuit {report.m_circuit:.4f}, empty {report.m_empty:.4f}"),
+        ("faithfulness", f"{report.faithfulness:.3f}"),
+        ("KL to full", f"{report.kl_to_full:.4f}"),
+        ("accuracy", f"{report.accuracy:.3f} (full model {report.accuracy_full:.3f})"),
+    ]
+    if args.out:
+        report.to_json(args.out, overwrite=args.force)
+        rows.append(("written", str(args.out)))
+    print(_table(rows))
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    fmt = format_of(out, args.format, DATA_FORMATS + DRAWING_FORMATS, "--out")
+    drawing_options = [flag for flag, on in (("--merge-qkv", args.merge_qkv), ("--collapse-heads", args.collapse_heads),
+                                             ("--groups", args.groups), ("--force-render", args.force_render)) if on]
+    if fmt in DATA_FORMATS and drawing_options:
+        raise UsageError(f"{drawing_options[0]} only applies to drawings (.svg .png .pdf .html .dot), not to "
+                         f"--out {out} ({fmt} data); drop it")
+    graph = load_circuit(args.circuit)
+    if fmt in ("svg", "png", "pdf", "html") and shutil.which("dot") is None:
+        raise UsageError(f"drawing --out {out} needs Graphviz's `dot` program, which is not on PATH; install it "
+                         f"({INSTALL_GRAPHVIZ}) or write a data file instead (e.g. --out {out.with_suffix('.graphml')})")
+    check_out_file(out, args.force)
+    groups = read_json_file(Path(args.groups), "--groups") if args.groups else None
+    if groups is not None and not (isinstance(groups, dict) and all(isinstance(v, list) for v in groups.values())):
+        raise UsageError(f'--groups {args.groups} must hold a JSON object of lists, e.g. {{"name movers": ["a9.h9"]}}')
+    if fmt in DRAWING_FORMATS and graph.n_circuit_edges > MAX_DIAGRAM_EDGES and not args.force_render:
+        raise UsageError(f"the circuit in {args.circuit} has {graph.n_circuit_edges} edges, more than "
+                         f"{MAX_DIAGRAM_EDGES}: its diagram would be unreadable; pass --force-render to draw it "
+                         f"anyway, or write a data file (e.g. --out {out.with_suffix('.graphml')})")
+
+    from ..render import save
+
+    options: dict[str, Any] = {}
+    if fmt in DRAWING_FORMATS:
+        options = dict(merge_qkv=args.merge_qkv, collapse_heads=args.collapse_heads, groups=groups, force=True)
+    try:
+        path = save(graph, out, format=fmt, overwrite=args.force, **options)
+    except ValueError as err:
+        if groups is not None and "group" in str(err):
+            raise UsageError(f"--groups {args.groups}: {err}") from None
+        raise
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    format_of(out, None, PLOT_FORMATS, "--out")
+    check_out_file(out, args.force)
+    model = Model(args.model, require_tokenizer=not is_planted(args.model, args.task))
+    layout = model.layout
+    receivers = []
+    for name in args.receivers:
+        try:
+            receivers += layout.node_receivers(name)
+        except (ValueError, KeyError, IndexError) as err:
+            raise UsageError(f"--receivers {name!r}: {one_line(err, 300)}") from None
+    heads = [layout.sender_index(f"a{layer}.h{h}") for layer in range(layout.n_layers) for h in range(layout.n_heads)]
+    if not bool((layout.edge_table[heads][:, receivers] >= 0).any()):
+        raise UsageError(f"--receivers {' '.join(args.receivers)}: no attention head is upstream of them; choose "
+                         "receivers in a later layer (e.g. logits)")
+    lm, task, train, _ = prepare(args, model)
+
+    from ..patching import path_patching_grid
+    from ..render import plot_heatmap
+
+    progress(args, f"path patching {layout.n_layers * layout.n_heads} heads on {len(train)} examples ...")
+    grid = path_patching_grid(lm, train, args.receivers, metric=args.metric, batch_size=args.batch_size,
+                              normalize=args.normalize, progress=not args.quiet)
+    plot_heatmap(grid, out, title=f"path patching: heads -> {', '.join(args.receivers)} ({task.name})")
+    for layer in range(grid.shape[0]):
+        print(f"  L{layer:<3}" + " ".join(f"{v:+8.4f}" if v == v else "     n/a" for v in grid[layer].tolist()))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from ..tasks import TASK_INFO
+
+    w = max(len(n) for n in [*TASK_INFO, "planted", "FILE.csv|.jsonl"])
+    for name, (_, metric, summary) in TASK_INFO.items():
+        print(f"  {name:<{w}}  {summary} [metric: {metric}]")
+    print(f"  {'planted':<{w}}  the planted zoo models' own tasks, from token ids (marker_copy, rope_induction)")
+    print(f"  {'FILE.csv|.jsonl':<{w}}  your own task: columns clean, corrupted, answer, wrong_answer (docs/tasks.md)")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .. import zoo
+
+    w = max(len(n) for n in [*zoo.MODELS, "FOLDER"])
+    for name in zoo.list_models():
+        e = zoo.MODELS[name]
+        gt = " [ground truth]" if e.has_ground_truth else ""
+        print(f"  {name:<{w}}  task={e.task:<12} {e.description}{gt}")
+    print(f"  {'FOLDER':<{w}}  any local transformers folder (GPT-2, GPT-Neo, GPT-NeoX/Pythia, Llama, Mistral, Qwen2)")
+    return 0
