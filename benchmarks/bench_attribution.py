@@ -1,4 +1,4 @@
-"""Attribution cost vs a bare forward+backward pass (issue 4 targets).
+"""Attribution cost vs a bare forward+backward pass.
 
 Prints, from one run on the same batch (GPT-2-small shape, batch 8 x 32 by default):
 the bare model's forward+backward time; EAP's time and ratio (target <= 2.0x the bare

@@ -1,4 +1,4 @@
-"""Cost of a full MIB faithfulness curve vs one bare forward pass (issue 6 target: <= 12x).
+"""Cost of a full MIB faithfulness curve vs one bare forward pass (target: <= 12x).
 
 Set-up: GPT-2-small shape, random init (or a tiny config with --quick), batch 8 x 32 random
 tokens, logit difference on random answer ids; edge scores from EAP. The curve evaluates the

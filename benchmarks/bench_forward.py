@@ -1,4 +1,4 @@
-"""Traced and patched forward vs the bare transformers forward (issue 3 targets).
+"""Traced and patched forward vs the bare transformers forward.
 
 Prints, from one run on the same batch: bare forward time, traced forward (all edges)
 ratio (target <= 1.3x), patched forward with a random edge mask ratio (target <= 2x),

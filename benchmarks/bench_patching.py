@@ -1,4 +1,4 @@
-"""Exact patching throughput and ACDC wall time (issue 5 targets).
+"""Exact patching throughput and ACDC wall time.
 
 Prints, from one run: exact single-edge effects per second for a uniform sample of edges
 (batched: many masks per forward, each resuming at its receiver's layer), the same for one

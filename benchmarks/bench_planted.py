@@ -1,4 +1,4 @@
-"""Discovery accuracy on the zoo's models with a known circuit (issue 9).
+"""Discovery accuracy on the zoo's models with a known circuit.
 
 For each planted model and method: edge-level and node-level ROC AUC against the ground
 truth (|score| ranking; ACDC ranked by the badness increase it recorded per edge), and the

@@ -31,11 +31,12 @@ class Answers(Protocol):
     answer_pos: torch.Tensor  # [B] long
 
 
-MetricName = Literal["logit_diff", "prob_diff", "kl_div", "answer_logprob", "nll", "accuracy"]
+MetricName = Literal["logit_diff", "prob_diff", "kl_div", "answer_logprob", "nll", "accuracy", "top1"]
 """Built-in metrics: ``logit_diff`` (best answer logit minus best wrong logit), ``prob_diff``
 (probability mass of answers minus wrong answers), ``kl_div`` (KL(clean || run) at the answer position,
 lower is better), ``answer_logprob`` (log-probability of the answers), ``nll`` (its negative, lower is
-better), ``accuracy`` (best answer beats best wrong answer; not differentiable). Formulas: docs/metrics.md."""
+better), ``accuracy`` (best answer beats best wrong answer; not differentiable), ``top1`` (the greedy prediction over the
+whole vocabulary is an answer; not differentiable). Formulas: docs/metrics.md."""
 
 __all__ = [
     "Answers",
@@ -48,6 +49,7 @@ __all__ = [
     "answer_logprob",
     "nll",
     "accuracy",
+    "top1",
     "get_metric",
     "is_higher_better",
     "check_metric_output",
@@ -172,6 +174,17 @@ def accuracy(logits: torch.Tensor, batch: Answers, clean_logits: torch.Tensor | 
     return (_masked_max(ans, a_ok) > _masked_max(wrg, w_ok)).float()
 
 
+@_metric(higher_is_better=True)
+def top1(logits: torch.Tensor, batch: Answers, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """1.0 where the highest logit over the whole vocabulary is an answer token, else 0.0 (not differentiable).
+
+    Unlike :func:`accuracy`, which compares answers with the listed wrong answers only, this is the
+    model's real greedy prediction."""
+    x = answer_position_logits(logits, batch)
+    pred = x.argmax(-1, keepdim=True)  # [B, 1]
+    return ((batch.answers == pred) & (batch.answers >= 0)).any(-1).float()
+
+
 METRICS: dict[str, Callable] = {
     "logit_diff": logit_diff,
     "prob_diff": prob_diff,
@@ -179,6 +192,7 @@ METRICS: dict[str, Callable] = {
     "answer_logprob": answer_logprob,
     "nll": nll,
     "accuracy": accuracy,
+    "top1": top1,
 }
 """Built-in metrics by name."""
 

@@ -8,6 +8,7 @@ place at the end, so an error or Ctrl-C leaves no partial results.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -22,18 +23,28 @@ import torch
 from torch import nn
 
 from .circuit import prune
+from .circuit.minimal import check_runner, check_target, search_size
+from .circuit.minimal import refine as refine_circuit
 from .evaluation import CircuitReport, Curve, evaluate_circuit, faithfulness_curve
-from .graph import Graph
-from .patching import acdc, exact_edge_effects
+from .graph import Graph, Scoring
+from .models import graph_for
+from .patching import PatchRunner, acdc, exact_edge_effects
 from .render import plot_curves, render
 from .scores import METHODS, attribute
+from .scores.attribution import IG_METHODS
 from .tasks import Task
 
-DiscoveryMethod = Literal["eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "eap-ig-edges", "exact", "acdc"]
+DiscoveryMethod = Literal["eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "eap-ig-edges", "exact",
+                          "edge-pruning", "acdc"]
 """Scoring methods of :func:`discover`: the attribution methods (:data:`circuits.scores.METHODS`),
-``exact`` (exact single-edge effects as scores) and ``acdc`` (ACDC; chooses its own circuit)."""
+``exact`` (exact single-edge effects as scores), ``edge-pruning`` (learned edge masks; scores are
+the gate logits) and ``acdc`` (ACDC; chooses its own circuit)."""
 
-DISCOVERY_METHODS: tuple[str, ...] = METHODS + ("exact", "acdc")
+DISCOVERY_METHODS: tuple[str, ...] = METHODS + ("exact", "edge-pruning", "acdc")
+
+EDGE_PRUNING_SHARE = 0.05
+"""Edge pruning's target size when only a faithfulness target is given: this share of the edges
+(the learned ranking is then cut at the smallest size meeting the target)."""
 
 OUTPUTS: tuple[str, ...] = ("scores.pt", "circuit.json", "circuit.svg", "circuit.png", "curve.png", "curve.svg", "report.json")
 """Files :func:`write_outputs` may write (the diagrams need Graphviz; the curve may be skipped)."""
@@ -63,18 +74,28 @@ def score(
     metric: str | Callable | None = None,
     steps: int = 5,
     tau: float = 0.01,
+    target_edges: int | None = None,
     batch_size: int = 32,
     progress: bool = False,
+    seed: int = 0,
 ) -> Graph:
-    """Scores for every edge by ``method`` (for ``acdc`` the graph also holds ACDC's circuit)."""
+    """Scores for every edge by ``method`` (for ``acdc`` the graph also holds ACDC's circuit).
+
+    ``steps``: IG steps (``eap-ig-*``) or optimisation steps (``edge-pruning``, default 200 when
+    ``steps`` is None there); ``target_edges``: edge pruning's size.
+    """
     if method not in DISCOVERY_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(DISCOVERY_METHODS)}")
+    if method == "edge-pruning":
+        from .scores.edge_pruning import edge_pruning
+
+        E = graph_for(model).n_edges
+        target = target_edges if target_edges is not None else max(1, math.ceil(EDGE_PRUNING_SHARE * E))
+        return edge_pruning(model, train, metric, target_edges=min(int(target), E), steps=steps or 200,
+                            batch_size=batch_size, progress=progress, seed=seed)
     if method == "acdc":
         return acdc(model, train, tau, metric=metric or "kl_div", batch_size=batch_size, progress=progress).graph
     if method == "exact":
-        from .graph import Scoring
-        from .models import graph_for
-
         t0 = time.perf_counter()
         eff = exact_edge_effects(model, train, metric, batch_size=batch_size, progress=progress)
         scoring = Scoring(method="exact", metric=metric if isinstance(metric, str) else train.metric,
@@ -104,26 +125,50 @@ def discover(
     metric: str | Callable | None = None,
     edges: int | None = 50,
     threshold: float | None = None,
+    faithfulness: float | None = None,
+    refine: bool = False,
     rule: Literal["topn", "greedy"] = "topn",
     signed: bool = False,
-    steps: int = 5,
+    steps: int | None = 5,
     tau: float = 0.01,
     batch_size: int = 32,
     curve: bool = True,
     model_name: str = "",
     progress: bool = False,
+    seed: int = 0,
 ) -> Discovery:
     """Score edges on ``train``, select a circuit, evaluate it (and its curve) on ``test``.
 
-    ACDC selects its own circuit (``edges``/``threshold`` must then be None). Nothing is written;
-    see :func:`write_outputs`.
+    Exactly one of ``edges``, ``threshold`` and ``faithfulness`` picks the size (ACDC picks its
+    own: all three None). With ``faithfulness`` the circuit is the smallest top-k circuit whose
+    normalized faithfulness on ``train`` reaches the target (:func:`~circuits.circuit.minimal.search_size`);
+    ``refine`` then makes it 1-minimal by exact patching (:func:`~circuits.circuit.minimal.refine`).
+    The report records the search, the refinement and the held-out faithfulness with its bootstrap
+    interval. Nothing is written; see :func:`write_outputs`.
     """
+    _check_size_choice(method, edges, threshold, faithfulness, refine)
+    runner = None
+    if faithfulness is not None:  # refuse an unreachable or undefined target before the expensive scoring
+        check_target(faithfulness)
+        runner = PatchRunner(model, train, metric, batch_size=batch_size)
+        check_runner(runner)
+    if method == "edge-pruning":
+        signed = True  # gate logits: larger = more open; |log α| would put strongly pruned edges first
     timings: dict[str, float] = {}
     t0 = t = time.perf_counter()
-    scores = score(model, train, method, metric=metric, steps=steps, tau=tau, batch_size=batch_size, progress=progress)
+    scores = score(model, train, method, metric=metric, steps=steps, tau=tau, batch_size=batch_size,
+                   progress=progress, target_edges=edges, seed=seed)
     timings["scoring"] = time.perf_counter() - t
     scores = scores.with_provenance(model=model_name or scores.provenance.model, task=train.name)
-    circuit = scores if method == "acdc" else select(scores, edges=edges, threshold=threshold, rule=rule, signed=signed)
+    t = time.perf_counter()
+    search: dict | None = None
+    if runner is not None:
+        circuit, search = _minimal(runner, scores, faithfulness, refine, signed)
+    elif method == "acdc":
+        circuit = scores
+    else:
+        circuit = select(scores, edges=edges, threshold=threshold, rule=rule, signed=signed)
+    timings["selection"] = time.perf_counter() - t
     t = time.perf_counter()
     report = evaluate_circuit(model, circuit, test, metric=metric, batch_size=batch_size)
     timings["evaluation"] = time.perf_counter() - t
@@ -135,10 +180,46 @@ def discover(
     timings["total"] = time.perf_counter() - t0
     circuit = circuit.with_provenance(faithfulness=report.faithfulness)
     report.method, report.model, report.task, report.curve = method, model_name or report.model, test.name, crv
+    report.search = search
     report.timings.update({f"{k}_s": round(v, 4) for k, v in timings.items()})
-    report.settings.update({"n_train": len(train), "n_test": len(test), "method": method, "steps": steps,
-                            "edges": edges, "threshold": threshold, "rule": rule, "signed": signed})
+    report.settings.update({"n_train": len(train), "n_test": len(test), "method": method,
+                            "steps": steps if method in (*IG_METHODS, "edge-pruning") else None,
+                            "edges": edges, "threshold": threshold, "faithfulness_target": faithfulness,
+                            "refine": refine, "rule": rule, "signed": signed})
     return Discovery(scores, circuit, report, crv)
+
+
+def _check_size_choice(method: str, edges: int | None, threshold: float | None, faithfulness: float | None,
+                       refine: bool) -> None:
+    chosen = [n for n, v in (("edges", edges), ("threshold", threshold), ("faithfulness", faithfulness)) if v is not None]
+    if method == "acdc":
+        if chosen or refine:
+            raise ValueError(f"ACDC picks its own circuit (its size follows tau); drop {', '.join(chosen) or 'refine'}")
+        return
+    if method == "edge-pruning" and len(chosen) == 2 and set(chosen) == {"edges", "faithfulness"}:
+        return  # edge pruning's target size, then the smallest faithful cut of its ranking
+    if len(chosen) != 1:
+        raise ValueError("exactly one of edges, threshold and faithfulness picks the circuit's size; "
+                         f"got {', '.join(chosen) or 'none'}")
+    if refine and faithfulness is None:
+        raise ValueError("refine needs a faithfulness target (refinement keeps f >= target while removing edges)")
+
+
+def _minimal(runner: PatchRunner, scores: Graph, target: float, refine: bool, signed: bool) -> tuple[Graph, dict]:
+    """The smallest faithful top-k circuit on the runner's (training) data, its 1-minimal refinement; the record."""
+    found = search_size(runner, scores, target, absolute=not signed)
+    circuit = found.circuit
+    record: dict = {"target": target, "split": "train", "n_train": runner.n_examples,
+                    "target_met": found.target_met, "train_faithfulness": found.faithfulness, "k": found.k,
+                    "probes": [list(p) for p in found.probes], "refined": False}
+    if refine:
+        ref = refine_circuit(runner, circuit, target)
+        circuit = ref.circuit
+        record.update({"refined": True, "target_met": ref.target_met, "train_faithfulness": ref.faithfulness,
+                       "is_1_minimal": ref.is_1_minimal, "rounds": ref.rounds, "n_inert": ref.n_inert,
+                       "inert_delta": 0.01, "edges_before_refinement": found.circuit.n_circuit_edges,
+                       "removal_faithfulness": ref.per_edge_removal_f})
+    return circuit, record
 
 
 def write_outputs(found: Discovery, out: str | Path, *, overwrite: bool = False, force_render: bool = False,

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> circuits.CircuitReport:
     graph = circuits.attribute(model, train, method="eap-ig-inputs", steps=5)
     graph = circuits.prune.topn(graph, args.edges)
     report = circuits.evaluate_circuit(model, graph, test)
-    graph.meta.update(model="stories260k", task="pronoun", method="eap-ig-inputs", faithfulness=report.faithfulness)
+    graph = graph.with_provenance(model="stories260k", task="pronoun", faithfulness=report.faithfulness)
     circuits.save(graph, f"{args.out}/circuit.json", overwrite=True)
     try:
         circuits.save(graph, f"{args.out}/circuit.svg", overwrite=True)

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     truth_nodes = [h for heads in IOI_GROUPS.values() for h in heads]
     node_auc = circuits.node_roc(graph, truth_nodes).auc
     print(f"{graph.n_circuit_edges} edges, faithfulness {report.faithfulness:.3f}, node AUC vs the 26 IOI heads {node_auc:.3f}")
-    graph.meta.update(model="gpt2", task="ioi", method="eap-ig-inputs", faithfulness=report.faithfulness)
+    graph = graph.with_provenance(model="gpt2", task="ioi", faithfulness=report.faithfulness)
     circuits.save(graph, f"{args.out}/ioi.svg", overwrite=True, groups=IOI_GROUPS, merge_qkv=True, force=True)
     return 0
 

@@ -4,7 +4,7 @@ The circuit is SYNTHETIC: a hand-picked, induction-like set of ~45 edges on a 4-
 graph with random signed scores from a seeded generator. It shows what the renderer draws; it
 is not the result of running any discovery method on any model.
 
-    cd /work/main && PYTHONPATH=. python scripts/make_example_diagrams.py [--out docs/img]
+    python scripts/make_example_diagrams.py [--out docs/img]    # from the repository root
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from circuits.graph import Graph
+from circuits.graph import Graph, Provenance, Scoring
 from circuits.render import render, render_html
 
 # (edge, typical magnitude, sign). Previous-token heads a0.h1/a0.h3 feed the keys of the
@@ -55,19 +55,18 @@ GROUPS: dict[str, list[str]] = {
 
 def example_graph(seed: int = 0) -> Graph:
     """The synthetic example circuit: EDGES in the circuit with jittered signed scores."""
-    g = Graph.build(4, 4, model="synthetic 4x4", task="induction-like (synthetic)", method="hand-made example",
-                    faithfulness=0.87)
+    prov = Provenance(model="synthetic 4x4", task="induction-like (synthetic)")
+    g = Graph.build(4, 4, provenance=prov)
     gen = torch.Generator().manual_seed(seed)
     names = [e for e, _, _ in EDGES]
     mags = torch.tensor([m for _, m, _ in EDGES])
     signs = torch.tensor([s for _, _, s in EDGES], dtype=torch.float32)
     jitter = 1.0 + 0.25 * torch.randn(len(EDGES), generator=gen)
     # Small random noise on every other edge, so the graph looks like attribution output.
-    g.scores = 0.05 * torch.randn(g.n_edges, generator=gen)
-    idx = g.edge_index(names)
-    g.scores[idx] = (signs * mags * jitter.abs()).float()
-    g.set_circuit(names)
-    return g
+    scores = 0.05 * torch.randn(g.n_edges, generator=gen)
+    scores[g.edge_index(names)] = (signs * mags * jitter.abs()).float()
+    g = g.with_scores(scores, scoring=Scoring(method="hand-made example"))
+    return g.with_circuit(names).with_provenance(faithfulness=0.87)
 
 
 def main() -> None:

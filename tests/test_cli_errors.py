@@ -101,6 +101,9 @@ def test_cli_names_match_the_engine():
     assert set(cli.DATA_FORMATS + cli.DRAWING_FORMATS) == set(formats.FORMATS)
     assert cli.LOADABLE == formats.LOADABLE
     assert list(TASK_INFO) == list(TASKS)
+    from circuits.circuit import minimal
+
+    assert cli.parser.MAX_TARGET == minimal.MAX_TARGET and cli.parser.MIN_TRAIN == minimal.MIN_EXAMPLES
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -505,3 +508,53 @@ def test_bugs_still_raise(monkeypatch):
     monkeypatch.setattr(cli, "cmd_models", broken)
     with pytest.raises(RuntimeError, match="genuine bug"):
         main(["models"])
+
+
+# ---------------------------------------------------------------------- faithfulness targets
+@pytest.mark.parametrize("argv, needles", [
+    (["--faithfulness", "2"], ["--faithfulness", "1.5"]),
+    (["--faithfulness", "0"], ["--faithfulness"]),
+    (["--faithfulness", "nan"], ["--faithfulness"]),
+    (["--refine"], ["--refine", "--faithfulness"]),
+    (["--faithfulness", "0.9", "--edges", "10"], ["--faithfulness", "--edges"]),
+    (["--faithfulness", "0.9", "--method", "acdc"], ["--faithfulness", "acdc"]),
+    (["--faithfulness", "0.9", "--prune", "greedy"], ["--prune"]),
+])
+def test_faithfulness_target_mistakes(argv, needles, tmp_path, capsys):
+    out = tmp_path / "out"
+    error_of(["discover", "--model", "marker_copy", "--out", str(out), *argv], capsys, *needles)
+    assert empty(out)
+
+
+def test_too_few_training_examples_for_a_target(tmp_path, capsys):
+    out = tmp_path / "out"
+    error_of(["discover", "--model", "marker_copy", "--n-examples", "10", "--faithfulness", "0.9", "--out", str(out),
+              "--quiet"], capsys, "--faithfulness", "8 training examples")
+    assert empty(out)
+
+
+def test_faithfulness_target_and_refinement_end_to_end(tmp_path, capsys):
+    """The planted model's known circuit is what search + refinement return at f >= 0.95."""
+    from circuits.zoo.planted import ground_truth
+
+    out = tmp_path / "out"
+    code = main(["discover", "--model", "marker_copy", "--n-examples", "64", "--faithfulness", "0.95", "--refine",
+                 "--no-curve", "--quiet", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    search = report["search"]
+    assert search["target_met"] and search["refined"] and search["is_1_minimal"]
+    assert all(f < 0.95 for f in search["removal_faithfulness"].values())
+    assert len(report["faithfulness_ci"]) == 2 and report["n_examples"] == 32
+    assert set(report["edges"]) == set(ground_truth("marker_copy").circuit_edges())
+    assert "target" in capsys.readouterr().out
+
+
+def test_unreachable_target_writes_the_best_circuit_and_says_so(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["discover", "--model", "marker_copy", "--n-examples", "32", "--faithfulness", "1.5", "--no-curve",
+                 "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "target not met" in err and "Traceback" not in err
+    report = json.loads((out / "report.json").read_text())
+    assert report["search"]["target_met"] is False and (out / "circuit.json").exists()

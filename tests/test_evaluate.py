@@ -269,3 +269,16 @@ def test_plots_and_csv(tmp_path):
     rows = list(csv.DictReader(curves_to_csv(curves, tmp_path / "c.csv").open()))
     assert len(rows) == 20 and rows[0]["method"] == "a" and float(rows[-1]["fraction"]) == 1.0
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_bootstrap_interval_brackets_the_point_estimate(gpt2):
+    from circuits.evaluation.report import bootstrap_faithfulness
+
+    batch = make_batch(B=12)
+    g = attribute(gpt2, [batch], "logit_diff", "eap")
+    rep = evaluate_circuit(gpt2, topn(g, 40), [batch], "logit_diff")
+    lo, hi = rep.faithfulness_ci
+    assert lo <= rep.faithfulness <= hi and lo < hi and rep.n_examples == 12
+    same = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.5, 0.5, 0.5]])  # no spread: a point interval
+    assert bootstrap_faithfulness(same) == [0.5, 0.5]
+    assert bootstrap_faithfulness(same[:, :1]) is None

@@ -116,7 +116,7 @@ def test_shape_dtype_and_gradient():
 
 def test_higher_is_better_flags():
     assert {n: f.higher_is_better for n, f in METRICS.items()} == {
-        "logit_diff": True, "prob_diff": True, "answer_logprob": True, "accuracy": True,
+        "logit_diff": True, "prob_diff": True, "answer_logprob": True, "accuracy": True, "top1": True,
         "kl_div": False, "nll": False,
     }
     assert is_higher_better("nll") is False
@@ -146,3 +146,16 @@ def test_check_metric_output():
         check_metric_output(torch.tensor([float("nan"), 0.0, float("inf")]), 3)
     with pytest.raises(ValueError, match="torch.Tensor"):
         check_metric_output([1.0, 2.0], 2)
+
+
+def test_top1_is_the_greedy_prediction_over_the_vocabulary():
+    """accuracy compares answers with the listed wrong answers only; top1 with every token."""
+    from circuits.metrics import accuracy, top1
+
+    logits = torch.zeros(2, 1, 6)
+    logits[0, 0, 1] = 2.0  # answer 1 is the argmax
+    logits[1, 0, 1], logits[1, 0, 2], logits[1, 0, 5] = 2.0, 1.0, 3.0  # answer beats wrong, token 5 beats both
+    batch = Batch(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1, dtype=torch.long),
+                  torch.tensor([[1, -1], [1, -1]]), torch.tensor([[2], [2]]), torch.zeros(2, dtype=torch.long))
+    assert accuracy(logits, batch).tolist() == [1.0, 1.0]
+    assert top1(logits, batch).tolist() == [1.0, 0.0]

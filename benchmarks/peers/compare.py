@@ -21,7 +21,7 @@ missing or fails prints "not available: <why>" and the rest of the run goes on.
 
 Run with the peer venv (see docs/benchmarks_peers.md)::
 
-    /work/peer-venv/bin/python benchmarks/peers/compare.py --eap-ig-path /work/peers/EAP-IG --threads 1
+    $PEERS_VENV/bin/python benchmarks/peers/compare.py --eap-ig-path $PEERS_DIR/EAP-IG --threads 1
 """
 
 from __future__ import annotations
@@ -817,7 +817,7 @@ def main(argv=None) -> int:
     ap.add_argument("--zoo", default=None, help="use a circuits zoo model instead of the random GPT-2-small")
     ap.add_argument("--quick", action="store_true", help="tiny config: 2-layer GPT-2, 16 examples x 8 tokens, 1 rep")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list from {','.join(METHODS)}")
-    ap.add_argument("--ours-python", default=None, help="python for our workers (default: this one), e.g. /work/venv/bin/python")
+    ap.add_argument("--ours-python", default=None, help="python for our workers (default: this one), e.g. $VENV/bin/python")
     ap.add_argument("--out", default=None, help="also write the report to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (model, data, scores, logs)")
     ap.add_argument("--report-from", nargs="+", default=None, metavar="DIR",

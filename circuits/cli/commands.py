@@ -18,6 +18,7 @@ from .parser import (
     IG_METHODS,
     INSTALL_GRAPHVIZ,
     MAX_DIAGRAM_EDGES,
+    MIN_TRAIN,
     PLOT_FORMATS,
 )
 from .preflight import (
@@ -53,14 +54,18 @@ def cmd_discover(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     lm, task, train, test = prepare(args, model)
     t_load = time.perf_counter() - t0
+    if args.faithfulness is not None and len(train) < MIN_TRAIN:
+        raise UsageError(f"--faithfulness needs at least {MIN_TRAIN} training examples to decide a circuit's size; "
+                         f"this split has {len(train)}: raise --n-examples or lower --test-fraction")
 
     from ..pipeline import discover, write_outputs
 
     progress(args, f"discovering: {args.method} on {len(train)} examples, then evaluation on {len(test)}"
                     + ("" if args.no_curve else " and the faithfulness curve"))
     found = discover(lm, train, test, args.method, metric=args.metric, edges=args.edges, threshold=args.threshold,
-                     rule=args.prune, signed=args.signed, steps=args.steps, tau=args.tau, batch_size=args.batch_size,
-                     curve=not args.no_curve, model_name=args.model, progress=not args.quiet)
+                     faithfulness=args.faithfulness, refine=args.refine, rule=args.prune, signed=args.signed,
+                     steps=args.steps, tau=args.tau, batch_size=args.batch_size, curve=not args.no_curve,
+                     model_name=args.model, progress=not args.quiet, seed=args.seed)
     report = found.report
     report.timings.pop("total", None)
     report.timings["load_s"] = round(t_load, 4)
@@ -79,7 +84,9 @@ def cmd_discover(args: argparse.Namespace) -> int:
         "device": args.device,
         "dtype": args.dtype,
         "tau": args.tau if args.method == "acdc" else None,
-        "steps": args.steps if args.method in IG_METHODS else None,
+        "steps": args.steps if args.method in (*IG_METHODS, "edge-pruning") else None,
+        "faithfulness_target": args.faithfulness,
+        "refine": args.refine,
         "curve": not args.no_curve,
     })
     write_outputs(found, out, overwrite=args.force, force_render=args.force_render,
@@ -94,16 +101,38 @@ def cmd_discover(args: argparse.Namespace) -> int:
         ("edges", f"{circuit.n_circuit_edges} of {circuit.n_edges}"),
         ("nodes", str(len(circuit.circuit_nodes()))),
         ("metric", f"{report.metric}: full {report.m_full:.4f}, circuit {report.m_circuit:.4f}, empty {report.m_empty:.4f}"),
-        ("faithfulness", f"{report.faithfulness:.3f}"),
+        ("faithfulness", f"{report.faithfulness:.3f} held out" + _interval(report)),
         ("KL to full", f"{report.kl_to_full:.4f}"),
         ("accuracy", f"{report.accuracy:.3f} (full model {report.accuracy_full:.3f})"),
     ]
+    if report.search is not None:
+        rows.append(("target", _search_line(report.search)))
     if curve is not None:
         rows.append((curve.kind, f"{curve.area:.3f}"))
     rows += [("time", f"{report.timings['total_s']:.1f} s"),
              ("written", f"{out}: " + ", ".join(f.name for f in found.files))]
     print(_table(rows))
+    if report.search is not None and not report.search["target_met"]:
+        print(f"target not met: no circuit reached faithfulness {args.faithfulness:g} on the training split; the best "
+              f"found (f = {report.search['train_faithfulness']:.3f}, {circuit.n_circuit_edges} edges) is written, with "
+              "target_met: false in report.json. Lower --faithfulness or use more examples.", file=sys.stderr)
+        return 1
     return 0
+
+
+def _interval(report) -> str:
+    ci = report.faithfulness_ci
+    return "" if ci is None else f", 95% interval [{ci[0]:.3f}, {ci[1]:.3f}] over {report.n_examples} examples"
+
+
+def _search_line(search: dict) -> str:
+    s = search
+    text = (f"f >= {s['target']:g} on the {s['n_train']} training examples: "
+            f"{'met' if s['target_met'] else 'NOT met'} (train f {s['train_faithfulness']:.3f}, {len(s['probes'])} sizes probed)")
+    if s.get("refined"):
+        text += (f"; refined from {s['edges_before_refinement']} edges, "
+                 f"{'1-minimal' if s.get('is_1_minimal') else 'not 1-minimal'}, {s['n_inert']} inert")
+    return text
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -137,7 +166,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ("circuit", f"{args.circuit} ({graph.n_circuit_edges} edges)"),
         ("task", f"{task.name} ({len(test)} test examples)"),
         ("metric", f"{report.metric}: full {report.m_full:.4f}, circuit {report.m_circuit:.4f}, empty {report.m_empty:.4f}"),
-        ("faithfulness", f"{report.faithfulness:.3f}"),
+        ("faithfulness", f"{report.faithfulness:.3f} held out" + _interval(report)),
         ("KL to full", f"{report.kl_to_full:.4f}"),
         ("accuracy", f"{report.accuracy:.3f} (full model {report.accuracy_full:.3f})"),
     ]

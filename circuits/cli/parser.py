@@ -11,9 +11,10 @@ from .errors import UsageError
 # Names, as plain strings so that building the parser does not import torch; tests/test_cli_errors.py
 # checks them against circuits.pipeline.DISCOVERY_METHODS, circuits.metrics.METRICS, etc.
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
-METHODS: tuple[str, ...] = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "eap-ig-edges", "exact", "acdc")
+METHODS: tuple[str, ...] = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "eap-ig-edges", "exact",
+                             "edge-pruning", "acdc")
 IG_METHODS: tuple[str, ...] = ("eap-ig-inputs", "eap-ig-activations", "eap-ig-edges")
-METRICS: tuple[str, ...] = ("logit_diff", "prob_diff", "kl_div", "answer_logprob", "nll", "accuracy")
+METRICS: tuple[str, ...] = ("logit_diff", "prob_diff", "kl_div", "answer_logprob", "nll", "accuracy", "top1")
 ABLATIONS: tuple[str, ...] = ("patching", "mean", "zero")
 DISCOVER_OUTPUTS: tuple[str, ...] = ("scores.pt", "circuit.json", "circuit.svg", "circuit.png", "curve.png", "curve.svg",
                                      "report.json")
@@ -24,7 +25,9 @@ SUFFIX_ALIASES: dict[str, str] = {"gv": "dot", "xml": "graphml", "htm": "html"}
 PLOT_FORMATS: tuple[str, ...] = ("png", "svg", "pdf")
 MAX_DIAGRAM_EDGES = 500  # = circuits.pipeline.MAX_DIAGRAM_EDGES (which imports torch); the test checks they agree
 INSTALL_GRAPHVIZ = "apt-get install graphviz, brew install graphviz or conda install -c conda-forge graphviz"
-DEFAULTS = {"n_examples": 200, "edges": 50, "prune": "topn", "steps": 5, "tau": 0.01}
+DEFAULTS = {"n_examples": 200, "edges": 50, "prune": "topn", "steps": 5, "tau": 0.01, "pruning_steps": 200}
+MAX_TARGET = 1.5  # = circuits.circuit.minimal.MAX_TARGET (checked by a test)
+MIN_TRAIN = 8  # = circuits.circuit.minimal.MIN_EXAMPLES (checked by a test)
 """Defaults of options whose parser default is None (so that giving them explicitly can be told apart)."""
 
 
@@ -149,6 +152,7 @@ def _add_discover(command: _Command) -> None:
         "circuits discover --model induction-2l --out runs/induction",
         "circuits discover --model stories260k --task pronoun --method eap --edges 100 --out runs/pronoun",
         "circuits discover --model ./my-gpt2 --task my_task.csv --method acdc --tau 0.02 --out runs/acdc",
+        "circuits discover --model stories260k --task pronoun --faithfulness 0.9 --refine --out runs/minimal",
     ))
     _add_common(d)
     d.add_argument("--method", default="eap-ig-inputs", choices=METHODS, metavar="NAME",
@@ -158,11 +162,17 @@ def _add_discover(command: _Command) -> None:
                       help=f"keep the top N edges, then drop dangling ones (default: {DEFAULTS['edges']}; not with acdc)")
     size.add_argument("--threshold", type=_float_type(), default=None, metavar="T",
                       help="keep the edges with |score| >= T instead of a fixed number (default: unused; not with acdc)")
+    size.add_argument("--faithfulness", type=_float_type(0.0, lo_open=True), default=None, metavar="F",
+                      help=f"the smallest top-k circuit whose normalized faithfulness on the training split reaches F "
+                           f"(0 < F <= {MAX_TARGET}; default: unused; not with acdc)")
+    d.add_argument("--refine", action="store_true",
+                   help="with --faithfulness: make the circuit 1-minimal by exact patching (slower)")
     d.add_argument("--prune", choices=("topn", "greedy"), default=None,
                    help="how --edges picks the edges (default: topn; not with --threshold or acdc)")
     d.add_argument("--signed", action="store_true", help="rank by signed scores instead of |score| (not with acdc)")
     d.add_argument("--steps", type=_int_type(1), default=None, metavar="N",
-                   help=f"integration steps of the IG methods {', '.join(IG_METHODS)} (default: {DEFAULTS['steps']})")
+                   help=f"integration steps of the IG methods {', '.join(IG_METHODS)} (default: {DEFAULTS['steps']}), "
+                        f"or optimisation steps of edge-pruning (default: {DEFAULTS['pruning_steps']})")
     d.add_argument("--tau", type=_float_type(0.0), default=None, metavar="T",
                    help=f"ACDC's threshold, only with --method acdc (default: {DEFAULTS['tau']})")
     d.add_argument("--no-curve", action="store_true", help="skip the faithfulness curve")

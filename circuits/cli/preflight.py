@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError, one_line
-from .parser import DEFAULTS, IG_METHODS, LOADABLE, SUFFIX_ALIASES
+from .parser import DEFAULTS, IG_METHODS, LOADABLE, MAX_TARGET, SUFFIX_ALIASES
 
 
 # ---------------------------------------------------------------------- options
@@ -24,26 +24,37 @@ def resolve_discover(args: argparse.Namespace) -> None:
     m = args.method
     given = {flag: value for flag, value in (("--edges", args.edges), ("--threshold", args.threshold),
                                               ("--prune", args.prune), ("--signed", args.signed or None),
-                                              ("--steps", args.steps), ("--tau", args.tau)) if value is not None}
+                                              ("--steps", args.steps), ("--tau", args.tau),
+                                              ("--faithfulness", args.faithfulness),
+                                              ("--refine", args.refine or None)) if value is not None}
     if m == "acdc":
-        for flag in ("--edges", "--threshold", "--prune", "--signed"):
+        for flag in ("--edges", "--threshold", "--prune", "--signed", "--faithfulness", "--refine"):
             if flag in given:
                 raise UsageError(f"{flag} does not apply to --method acdc, which chooses its own circuit (set its "
                                  "size with --tau); drop it or choose another --method")
     elif "--tau" in given:
         raise UsageError(f"--tau only applies to --method acdc (you chose {m}); drop --tau or use --method acdc")
-    if "--steps" in given and m not in IG_METHODS:
-        raise UsageError(f"--steps only applies to the integrated-gradients methods ({', '.join(IG_METHODS)}); "
-                         f"--method {m} takes no steps")
+    if "--steps" in given and m not in (*IG_METHODS, "edge-pruning"):
+        raise UsageError(f"--steps only applies to the integrated-gradients methods ({', '.join(IG_METHODS)}) and "
+                         f"edge-pruning; --method {m} takes no steps")
+    if "--refine" in given and "--faithfulness" not in given:
+        raise UsageError("--refine needs --faithfulness F (refinement removes edges while f stays >= F)")
+    if "--faithfulness" in given:
+        if not args.faithfulness <= MAX_TARGET:
+            raise UsageError(f"--faithfulness {args.faithfulness:g} is out of range: use 0 < F <= {MAX_TARGET} "
+                             "(1.0 = as faithful as the full model)")
+        if "--prune" in given:
+            raise UsageError("--prune only applies with --edges; --faithfulness searches top-k circuits")
     if "--prune" in given and "--threshold" in given:
         raise UsageError("--prune only applies with --edges, not with --threshold; drop one of them")
     args.tau = DEFAULTS["tau"] if args.tau is None else args.tau
-    args.steps = DEFAULTS["steps"] if args.steps is None else args.steps
+    default_steps = DEFAULTS["pruning_steps"] if m == "edge-pruning" else DEFAULTS["steps"]
+    args.steps = default_steps if args.steps is None else args.steps
     args.prune = DEFAULTS["prune"] if args.prune is None else args.prune
     args.edges_given = args.edges is not None
     if m == "acdc":
         args.edges = args.threshold = None
-    elif args.threshold is None and args.edges is None:
+    elif args.threshold is None and args.edges is None and args.faithfulness is None:
         args.edges = DEFAULTS["edges"]
 
 

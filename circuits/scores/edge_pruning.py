@@ -1,0 +1,282 @@
+"""Edge Pruning: learn one mask logit per edge by gradient descent (Bhaskar et al. 2024).
+
+Every edge ``e`` gets a gate ``z_e ∈ [0, 1]`` drawn from a *hard-concrete* distribution
+(Louizos et al. 2018) with location ``log α_e``, temperature ``β`` and stretch ``(l, r)``::
+
+    u ~ U(0, 1),  s = sigmoid((log u - log(1 - u) + log α) / β),  z = clamp(s (r - l) + l, 0, 1)
+
+The gates are the keep-mask of the traced forward (:class:`~circuits.runtime.Patch`, removed
+edges read the corrupted run), so ``z`` is differentiable and the loss reaches ``log α``. The
+loss is the faithfulness loss (by default ``KL(full ‖ circuit)`` at the answer positions, the
+clean run's logits as reference) plus a Lagrangian sparsity term::
+
+    λ1 (E[L0] - t) / E + λ2 ((E[L0] - t) / E)^2,   E[L0] = Σ_e P(z_e > 0) = Σ_e sigmoid(log α_e - β log(-l / r))
+
+where the target edge count ``t`` anneals linearly from ``E`` (every edge) to ``target_edges``
+over the first half of the steps. The deviation is measured as a fraction of the ``E`` edges
+(as in Edge Pruning / CoFi) so that the λ's scale does not depend on the graph size. ``log α``
+is trained by gradient descent (Adam), ``λ1, λ2`` by gradient ascent (Adam, ``maximize``).
+
+Only the mask logits and the λ's get gradients (``torch.autograd.grad``); the model's
+parameters are frozen during the run (``requires_grad`` restored afterwards). The only Python
+loop runs over optimisation steps; gate sampling is seeded by a CPU ``torch.Generator``, so
+runs are reproducible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from ..graph import Graph, Scoring, Selection
+from ..metrics import check_metric_output, get_metric, is_higher_better
+from ..models import graph_for
+from ..runtime import Patch, TracedModel, as_traced
+from ..tasks import Batch, Task, as_batches
+
+__all__ = ["edge_pruning", "expected_l0", "hard_concrete_mean", "hard_concrete_sample"]
+
+_EPS = 1e-6
+
+
+# ============================================================================================== hard concrete
+def hard_concrete_sample(log_alpha: torch.Tensor, u: torch.Tensor, temperature: float,
+                         stretch: tuple[float, float]) -> torch.Tensor:
+    """Gates ``z = clamp(sigmoid((log u - log(1-u) + log α) / β) (r - l) + l, 0, 1)`` for uniform noise ``u``."""
+    lo, hi = stretch
+    u = u.clamp(_EPS, 1.0 - _EPS)
+    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / temperature)
+    return (s * (hi - lo) + lo).clamp(0.0, 1.0)
+
+
+def hard_concrete_mean(log_alpha: torch.Tensor, stretch: tuple[float, float]) -> torch.Tensor:
+    """The deterministic (test-time) gate ``clamp(sigmoid(log α) (r - l) + l, 0, 1)`` (Louizos et al. 2018)."""
+    lo, hi = stretch
+    return (torch.sigmoid(log_alpha) * (hi - lo) + lo).clamp(0.0, 1.0)
+
+
+def expected_l0(log_alpha: torch.Tensor, temperature: float, stretch: tuple[float, float]) -> torch.Tensor:
+    """``Σ_e P(z_e > 0) = Σ_e sigmoid(log α_e - β log(-l / r))``: the expected number of open gates."""
+    lo, hi = stretch
+    return torch.sigmoid(log_alpha - temperature * math.log(-lo / hi)).sum()
+
+
+# ============================================================================================== edge pruning
+def edge_pruning(
+    model: nn.Module | TracedModel,
+    data: Task | Iterable[Batch],
+    metric: str | Callable | None = None,
+    *,
+    target_edges: int,
+    steps: int = 200,
+    lr: float = 0.1,
+    lambda_lr: float = 3.0,
+    seed: int = 0,
+    batch_size: int = 16,
+    init: float = 3.0,
+    temperature: float = 2.0 / 3.0,
+    stretch: tuple[float, float] = (-0.1, 1.1),
+    progress: bool = False,
+    early_stop: bool = True,
+) -> Graph:
+    """Learn edge masks (Edge Pruning) and return a new graph whose scores are the gate logits ``log α``.
+
+    Args:
+        model: a `transformers` causal LM or a :class:`~circuits.runtime.TracedModel`.
+        data: a Task (batched with ``batch_size``) or batches; step ``i`` uses batch ``i mod n_batches``.
+        metric: the faithfulness loss. Default (None or ``"kl_div"``): ``KL(full ‖ circuit)`` at the
+            answer positions. Another metric ``m`` gives the loss ``-m`` (higher is better) or ``m``.
+        target_edges: the expected number of open gates to reach, ``0 <= target_edges <= E``.
+        steps: optimisation steps (one gate sample and one batch per step).
+        lr: Adam learning rate of the mask logits.
+        lambda_lr: Adam learning rate (gradient ascent) of the Lagrange multipliers (they must grow to
+            O(10-100) before the sparsity term dominates, so this is much larger than ``lr``).
+        seed: seeds the gate noise (a CPU ``torch.Generator``); same seed, same result.
+        init: initial ``log α`` of every edge (3.0: every gate open with probability ≈ 0.99).
+        temperature: the hard-concrete temperature ``β``.
+        stretch: ``(l, r)`` with ``l < 0`` and ``r > 1`` (gates reach exactly 0 and 1).
+        progress: show a tqdm bar with the loss and the expected edge count.
+        early_stop: stop once, in the second half, the expected edge count is within 1% of
+            ``target_edges`` (at least half an edge) and the faithfulness loss has plateaued
+            (mean of the last 10 steps within 1% (+1e-4) of the 10 before, or within two standard
+            errors of it: the change is below the gate-sampling noise).
+
+    Returns:
+        A new :class:`~circuits.graph.Graph` (from :func:`circuits.models.graph_for`): ``scores`` =
+        final ``log α`` (signed: **rank them with** ``absolute=False``; ``|log α|`` would put
+        strongly pruned edges first), ``Scoring(method="edge-pruning", steps=<steps run>)``, and
+        ``in_circuit`` = deterministic gate > 0.5 (``log α`` above ``logit((0.5 - l) / (r - l))``,
+        recorded as a ``threshold`` selection; dangling edges are not removed).
+        ``provenance.extra["edge_pruning"]`` holds the run's settings, final state and a thinned
+        trace (at most 50 rows ``[step, expected edges, faithfulness loss]``).
+    """
+    tm = as_traced(model)
+    layout = tm.layout
+    E = layout.n_edges
+    _check_args(E, target_edges, steps, lr, lambda_lr, temperature, stretch, init, batch_size)
+    target_edges, steps = int(target_edges), int(steps)
+    lo, hi = float(stretch[0]), float(stretch[1])
+    stretch = (lo, hi)
+    if metric is None:
+        metric = "kl_div"
+    metric_name = metric if isinstance(metric, str) else str(getattr(metric, "__name__", "custom"))
+    metric_fn = get_metric(metric)
+    higher = is_higher_better(metric_fn)
+    dev = tm.device
+    batches = [b.to(dev) for b in as_batches(data, batch_size)]
+    t0 = time.perf_counter()
+    prepared = _prepare(tm, batches)
+    n_examples = sum(len(b) for b in batches)
+
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    log_alpha = torch.full((E,), float(init), dtype=torch.float32, device=dev, requires_grad=True)
+    lambdas = torch.zeros(2, dtype=torch.float32, device=dev, requires_grad=True)
+    opt = torch.optim.Adam([log_alpha], lr=lr)
+    opt_lambda = torch.optim.Adam([lambdas], lr=lambda_lr, maximize=True)
+    half = max(1, steps // 2)
+    tol = max(0.01 * target_edges, 0.5)
+    history: list[float] = []
+    trace: list[tuple[int, float, float]] = []  # (step, expected edges, faithfulness loss)
+    it: Iterable[int] = range(steps)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = bar = tqdm(it, desc="edge pruning", unit="step")
+    steps_run = 0
+    with _frozen(tm.model), torch.enable_grad():
+        for step in it:
+            target_t = E - (E - target_edges) * min(1.0, step / half)
+            u = torch.rand(E, generator=gen).to(dev)
+            task_loss, l0 = _step(tm, prepared[step % len(prepared)], log_alpha, lambdas, u, target_t,
+                                  (metric_fn, higher), (temperature, stretch), (opt, opt_lambda))
+            steps_run = step + 1
+            history.append(float(task_loss.detach()))
+            trace.append((step, float(l0.detach()), history[-1]))
+            if bar is not None:
+                bar.set_postfix(loss=f"{history[-1]:.4g}", edges=f"{trace[-1][1]:.1f}", target=f"{target_t:.0f}")
+            if early_stop and step >= half and abs(trace[-1][1] - target_edges) <= tol and _plateau(history):
+                break
+    if bar is not None:
+        bar.close()
+
+    info = {
+        "target_edges": int(target_edges), "steps": int(steps), "steps_run": steps_run, "lr": float(lr),
+        "lambda_lr": float(lambda_lr), "seed": int(seed), "init": float(init), "temperature": float(temperature),
+        "stretch": [lo, hi], "final_loss": history[-1] if history else None,
+        "lambdas": [float(x) for x in lambdas.detach().cpu()], "trace": _thin(trace),
+    }
+    scoring = Scoring(method="edge-pruning", metric=metric_name, steps=steps_run, absolute=False, ablation="patching",
+                      n_examples=n_examples, seconds=round(time.perf_counter() - t0, 4))
+    return _result(tm, log_alpha, scoring, info, temperature, stretch)
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """The model's parameters get no gradient inside (``requires_grad`` restored after, even on errors)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _step(tm: TracedModel, prepared: tuple[Batch, torch.Tensor, torch.Tensor], log_alpha: torch.Tensor,
+          lambdas: torch.Tensor, u: torch.Tensor, target_t: float, metric: tuple[Callable, bool],
+          gate: tuple[float, tuple[float, float]], optimisers: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on one batch: sample gates, patched forward, loss, update; returns (task loss, E[L0])."""
+    (metric_fn, higher), (temperature, stretch), (opt, opt_lambda) = metric, gate, optimisers
+    E = log_alpha.numel()
+    gates = hard_concrete_sample(log_alpha, u, temperature, stretch)
+    batch, reference, clean_logits = prepared
+    out = tm.run(batch.clean, batch.attention_mask, patch=Patch(gates[None], reference), logit_positions=batch.answer_pos)
+    values = check_metric_output(metric_fn(out.logits, batch.at_answer(), clean_logits), len(batch))
+    task_loss = -values.mean() if higher else values.mean()
+    l0 = expected_l0(log_alpha, temperature, stretch)
+    dev_frac = (l0 - target_t) / E
+    loss = task_loss + lambdas[0] * dev_frac + lambdas[1] * dev_frac * dev_frac
+    g_alpha, g_lambda = torch.autograd.grad(loss, [log_alpha, lambdas])
+    log_alpha.grad, lambdas.grad = g_alpha, g_lambda
+    opt.step()
+    opt_lambda.step()
+    return task_loss, l0
+
+
+def _result(tm: TracedModel, log_alpha: torch.Tensor, scoring: Scoring, info: dict, temperature: float,
+            stretch: tuple[float, float]) -> Graph:
+    """The new graph: scores = final ``log α``; circuit = deterministic gate > 0.5."""
+    lo, hi = stretch
+    scores = log_alpha.detach().float().cpu()
+    with torch.no_grad():
+        keep = hard_concrete_mean(scores, stretch) > 0.5
+        info["expected_edges"] = float(expected_l0(scores, temperature, stretch))
+    p_open = (0.5 - lo) / (hi - lo)
+    cut = math.log(p_open / (1.0 - p_open))
+    graph = graph_for(tm.model).with_scores(scores, scoring=scoring)
+    graph = graph.with_circuit(keep, Selection(rule="threshold", t=cut, absolute=False, prune=False))
+    return graph.with_provenance(extra={**dict(graph.provenance.extra), "edge_pruning": info})
+
+
+def _check_args(E: int, target_edges: int, steps: int, lr: float, lambda_lr: float, temperature: float,
+                stretch: tuple[float, float], init: float, batch_size: int) -> None:
+    if isinstance(target_edges, bool) or int(target_edges) != target_edges or not 0 <= int(target_edges) <= E:
+        raise ValueError(f"target_edges must be an integer in [0, {E}] (the graph's edge count), got {target_edges!r}")
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    for name, v in (("lr", lr), ("lambda_lr", lambda_lr), ("temperature", temperature)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a positive number, got {v!r}")
+    if not math.isfinite(float(init)):
+        raise ValueError(f"init (the initial log alpha) must be finite, got {init!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    try:
+        lo, hi = (float(x) for x in stretch)
+    except (TypeError, ValueError):
+        raise ValueError(f"stretch must be a pair (l, r) with l < 0 and r > 1, got {stretch!r}") from None
+    if not (lo < 0.0 and hi > 1.0):
+        raise ValueError(f"stretch must be a pair (l, r) with l < 0 and r > 1 (so gates reach exactly 0 and 1), "
+                         f"got {stretch!r}")
+
+
+def _prepare(tm: TracedModel, batches: list[Batch]) -> list[tuple[Batch, torch.Tensor, torch.Tensor]]:
+    """Per batch: the batch, the corrupted run's sender outputs and the clean logits at the answer positions."""
+    out = []
+    with torch.no_grad():
+        for b in batches:
+            if b.clean.shape != b.corrupted.shape:
+                raise ValueError(
+                    f"clean {tuple(b.clean.shape)} and corrupted {tuple(b.corrupted.shape)} differ in shape; "
+                    "clean and corrupted prompts must tokenize to the same length"
+                )
+            clean = tm.run(b.clean, b.attention_mask, logit_positions=b.answer_pos)
+            corr = tm.run(b.corrupted, b.attention_mask, record=True, logit_positions=b.answer_pos)
+            out.append((b, corr.senders, clean.logits))
+    return out
+
+
+def _thin(trace: list[tuple[int, float, float]], n: int = 50) -> list[list[float]]:
+    """At most ``n`` evenly spaced rows ``[step, expected edges, loss]`` of the trace (first and last kept)."""
+    if len(trace) > n:
+        idx = sorted({round(i * (len(trace) - 1) / (n - 1)) for i in range(n)})
+        trace = [trace[i] for i in idx]
+    return [[int(s), round(float(e), 4), round(float(v), 6)] for s, e, v in trace]
+
+
+def _plateau(history: list[float], window: int = 10, rtol: float = 0.01, atol: float = 1e-4) -> bool:
+    """The mean loss of the last ``window`` steps is within ``rtol`` (+ ``atol``) of the ``window`` before,
+    or differs from it by less than two standard errors (the gates' sampling noise)."""
+    if len(history) < 2 * window:
+        return False
+    last, prev = torch.tensor(history[-window:]), torch.tensor(history[-2 * window:-window])
+    diff = abs(float(last.mean() - prev.mean()))
+    se = math.sqrt(float(last.var() + prev.var()) / window)
+    return diff <= max(rtol * abs(float(prev.mean())) + atol, 2.0 * se)
