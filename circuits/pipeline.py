@@ -170,12 +170,13 @@ def discover(
         circuit = select(scores, edges=edges, threshold=threshold, rule=rule, signed=signed)
     timings["selection"] = time.perf_counter() - t
     t = time.perf_counter()
-    report = evaluate_circuit(model, circuit, test, metric=metric, batch_size=batch_size)
+    report = evaluate_circuit(model, circuit, test, metric=metric, batch_size=batch_size, progress=progress)
     timings["evaluation"] = time.perf_counter() - t
     crv = None
     if curve:
         t = time.perf_counter()
-        crv = faithfulness_curve(model, scores, test, absolute=not signed, metric=metric, batch_size=batch_size)
+        crv = faithfulness_curve(model, scores, test, absolute=not signed, metric=metric, batch_size=batch_size,
+                                 progress=progress)
         timings["curve"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     circuit = circuit.with_provenance(faithfulness=report.faithfulness)

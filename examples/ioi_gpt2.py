@@ -16,7 +16,7 @@ from pathlib import Path
 import circuits
 from circuits.tasks import gpt2_tokenizer
 
-# The 26 IOI heads of Wang et al. 2023 (REFERENCE §4), as groups for the diagram.
+# The 26 IOI heads of Wang et al. 2023 ("Interpretability in the Wild", their Fig. 2), as groups for the diagram.
 IOI_GROUPS = {
     "name movers": ["a9.h9", "a9.h6", "a10.h0"],
     "backup name movers": ["a10.h10", "a10.h6", "a10.h2", "a10.h1", "a11.h2", "a9.h7", "a9.h0", "a11.h9"],

@@ -139,6 +139,7 @@ def faithfulness_curve(
     max_rows: int = 512,
     runner: PatchRunner | None = None,
     method: str | None = None,
+    progress: bool = False,
 ) -> Curve:
     """MIB curve: ``f`` of ``topn(int(k E))`` + pruning for each ``k`` in ``fractions``.
 
@@ -155,7 +156,7 @@ def faithfulness_curve(
     circuits, requested = curve_masks(graph, fr, absolute)
     E = graph.n_edges
     masks = torch.cat([torch.ones(1, E), torch.zeros(1, E), circuits.float()])
-    vals = r.evaluate(masks)["m"].tolist()
+    vals = r.evaluate(masks, progress=progress)["m"].tolist()
     m_full, m_empty, m_c = vals[0], vals[1], vals[2:]
     f = normalized_faithfulness(np.asarray(m_c), m_full, m_empty).tolist()
     kind = "CMD" if absolute else "CPR"

@@ -107,6 +107,7 @@ def evaluate_circuit(
     runner: PatchRunner | None = None,
     method: str | None = None,
     curve: Curve | None = None,
+    progress: bool = False,
 ) -> CircuitReport:
     """Evaluate ``graph.in_circuit`` as a circuit.
 
@@ -123,7 +124,8 @@ def evaluate_circuit(
     circuit = remove_dangling(graph) if prune else graph
     E = graph.n_edges
     masks = torch.stack([torch.ones(E), torch.zeros(E), circuit.keep_mask()])
-    per = r.evaluate(masks, {"m": r.metric, "kl_div": kl_div, "accuracy": accuracy, "top1": top1}, per_example=True)
+    per = r.evaluate(masks, {"m": r.metric, "kl_div": kl_div, "accuracy": accuracy, "top1": top1}, per_example=True,
+                     progress=progress)
     vals = {k: v.mean(1) for k, v in per.items()}  # [3]: full, empty, circuit
     t2 = time.perf_counter()
     m_full, m_empty, m_circ = (float(v) for v in vals["m"])
