@@ -49,3 +49,18 @@ def test_every_page_is_checked():
         for line, _, why in blocks(page):
             assert why is None or why.strip(), f"{page.name}:{line}"
     assert os.path.basename(RUNNABLE[0]) == "README.md"
+
+
+NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?![\w])")
+SOURCE = re.compile(r"python (-m )?[\w./]+|circuits (discover|evaluate|patch|render)|benchmarks/\w+\.py|scripts/\w+\.py|"
+                    r"circuits/zoo/\S+\.py|training\.json|ground_truth\.json|report\.json|tests/test_\w+\.py")
+
+
+@pytest.mark.parametrize("name", ["zoo.md", "planted.md", "benchmarks.md"])
+def test_every_number_names_what_produced_it(name):
+    """Each section of these pages that quotes a measured number (a decimal) names the command,
+    script, test or record file it comes from."""
+    text = (ROOT / "docs" / name).read_text(encoding="utf-8")
+    bare = [sec.splitlines()[0] for sec in re.split(r"\n(?=#{2,4} )", text)
+            if NUMBER.search(sec) and not SOURCE.search(sec)]
+    assert not bare, f"docs/{name}: sections quoting numbers without their source: {bare}"

@@ -159,6 +159,21 @@ def save_run(
             "transformers": transformers.__version__,
             "python": platform.python_version(),
             "threads": threads,
+            "machine": machine(),
         }
     )
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def machine() -> dict[str, str]:
+    """The processor that trained a model: CPU kernels differ between processors, so weights are
+    bit-identical only on the same kind of machine (same versions and thread count)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "arch": platform.machine(), "system": platform.system()}
