@@ -80,3 +80,15 @@ def random_batch(B: int = 3, P: int = 9, seed: int = 1, pad: bool = True):
         if B > 2:
             mask[2, :4] = 0
     return clean, corrupted, mask
+
+
+def sensitive_llama(seed: int = 0):
+    """The tiny Llama with a large init: its output depends strongly on the input, so m(N) and m(∅)
+    differ by several nats of KL (the default tiny init gives ~1e-3) and circuits have real structure."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config("llama")
+    cfg.initializer_range = 0.5
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import VOCAB, random_batch, tiny_config
-from transformers import AutoModelForCausalLM
+from tiny_models import VOCAB, random_batch, sensitive_llama
 
 from circuits.circuit.minimal import Refinement, SizeSearch, refine, search_size
 from circuits.circuit.prune import topn, topn_masks
@@ -21,21 +20,8 @@ TARGET = 0.8
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and on a busy 2-core machine two OpenMP threads
-    spin against other processes (30x slower here); restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-def sensitive_llama(seed: int = 0):
-    """The tiny Llama with a large init: its output depends strongly on the input, so m(N) and m(∅)
-    differ by several nats of KL (the default tiny init gives ~1e-3) and circuits have real structure."""
-    cfg = tiny_config("llama")
-    cfg.initializer_range = 0.5
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+def _one_thread(one_thread):
+    """Every test of this module on one thread (see tiny_models.one_thread)."""
 
 
 def make_batch(B: int = 8, P: int = 6, seed: int = 1, same: bool = False) -> Batch:

@@ -7,8 +7,7 @@ import math
 
 import pytest
 import torch
-from tiny_models import VOCAB, random_batch, tiny_config
-from transformers import AutoModelForCausalLM
+from tiny_models import VOCAB, random_batch, sensitive_llama
 
 from circuits.circuit.prune import topn_masks
 from circuits.graph import Graph
@@ -27,21 +26,8 @@ FAST = dict(steps=30, lr=0.3, lambda_lr=10.0, init=1.0, early_stop=False)  # rea
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and on a busy 2-core machine two OpenMP threads
-    spin against other processes (30x slower here); restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-def sensitive_llama(seed: int = 0):
-    """Tiny Llama with a large init, so that KL(full ‖ circuit) has real gradients (the default tiny
-    init makes the output almost independent of the input)."""
-    cfg = tiny_config("llama")
-    cfg.initializer_range = 0.5
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+def _one_thread(one_thread):
+    """Every test of this module on one thread (see tiny_models.one_thread)."""
 
 
 def make_batch(B: int = 8, P: int = 6, seed: int = 1) -> Batch:
