@@ -114,10 +114,11 @@ def test_batch_of_masks_equals_one_by_one(family):
             assert (batched[k * B : (k + 1) * B] - single).abs().max() <= 1e-5
 
 
-def test_node_patch_matches_transformers_hooks():
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_node_patch_matches_transformers_hooks(family):
     """Patching every edge out of one head / one MLP equals swapping that node's output inside
     the `transformers` module with forward hooks: an independent reference."""
-    model = tiny_model("llama")
+    model = tiny_model(family)
     tm = TracedModel(model)
     clean, corr, mask = random_batch()
     layer, head, dh = 1, 2, tm.adapter.head_dim

@@ -50,10 +50,17 @@ def tiny_config(family: str):
             vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64,
         )
+    if family == "qwen3":
+        from transformers import Qwen3Config
+
+        return Qwen3Config(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+        )
     raise KeyError(family)
 
 
-FAMILIES = ["gpt2", "gpt_neo", "gpt_neox", "gpt_neox_seq", "llama", "mistral", "qwen2"]
+FAMILIES = ["gpt2", "gpt_neo", "gpt_neox", "gpt_neox_seq", "llama", "mistral", "qwen2", "qwen3"]
 
 
 def tiny_model(family: str, seed: int = 0, dtype=torch.float32):

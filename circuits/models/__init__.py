@@ -12,8 +12,9 @@ from .gpt2 import GPT2Adapter
 from .gpt_neo import GPTNeoAdapter
 from .gpt_neox import GPTNeoXAdapter
 from .llama import LlamaAdapter
+from .qwen3 import Qwen3Adapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (GPT2Adapter, GPTNeoAdapter, GPTNeoXAdapter, LlamaAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (GPT2Adapter, GPTNeoAdapter, GPTNeoXAdapter, LlamaAdapter, Qwen3Adapter)
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for a in ADAPTERS for t in a.model_types)
 
 
@@ -25,7 +26,7 @@ def adapter_class(config: Any) -> type[Adapter]:
             return cls
     raise NotImplementedError(
         f"model_type {model_type!r} is not supported. Supported: {', '.join(SUPPORTED_MODEL_TYPES)} "
-        "(GPT-2, GPT-Neo, GPT-NeoX/Pythia, Llama, Mistral, Qwen2)."
+        "(GPT-2, GPT-Neo, GPT-NeoX/Pythia, Llama, Mistral, Qwen2, Qwen3)."
     )
 
 

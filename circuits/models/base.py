@@ -211,6 +211,9 @@ class Adapter:
 
     #: compute attention scores in float32 (GPT-Neo does this)
     upcast_attention: bool = False
+    #: q, k and v are linear in the normalised receiver input (False when a norm follows the
+    #: projection, e.g. Qwen3's q/k norms): gradient probes may then use the shared shortcut
+    linear_qkv: bool = True
 
     def head_outputs(self, layer: int, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-head contributions to the residual: ctx ``[B, H, P, dh]`` -> ``[H, B, P, d]``, plus b_O."""

@@ -105,7 +105,7 @@ class RunState:
             split = self._split_qkv(block, x, r0, r1, n)
             if split is not None:  # few receivers read their own input: shared projections + those few
                 return split
-        x_attn = self.receiver_input(x, r0, r1, n, shared_probe=True)
+        x_attn = self.receiver_input(x, r0, r1, n, shared_probe=self.adapter.linear_qkv)
         if x_attn is None:  # every q/k/v input is the shared residual
             h = block.attn_norm(x)
             q, k, v = block.project(h, h, h)
