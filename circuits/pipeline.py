@@ -30,7 +30,7 @@ from .graph import Graph, Scoring
 from .models import graph_for
 from .patching import PatchRunner, acdc, exact_edge_effects
 from .render import plot_curves, render
-from .scores import METHODS, attribute
+from .scores import METHODS, attribute, edge_pruning
 from .scores.attribution import IG_METHODS
 from .tasks import Task
 
@@ -72,7 +72,7 @@ def score(
     method: DiscoveryMethod = "eap-ig-inputs",
     *,
     metric: str | Callable | None = None,
-    steps: int = 5,
+    steps: int | None = None,
     tau: float = 0.01,
     target_edges: int | None = None,
     batch_size: int = 32,
@@ -81,14 +81,12 @@ def score(
 ) -> Graph:
     """Scores for every edge by ``method`` (for ``acdc`` the graph also holds ACDC's circuit).
 
-    ``steps``: IG steps (``eap-ig-*``) or optimisation steps (``edge-pruning``, default 200 when
-    ``steps`` is None there); ``target_edges``: edge pruning's size.
+    ``steps``: IG steps (``eap-ig-*``, default 5) or optimisation steps (``edge-pruning``, default
+    200); ``target_edges``: edge pruning's size (default 5 % of the edges).
     """
     if method not in DISCOVERY_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(DISCOVERY_METHODS)}")
     if method == "edge-pruning":
-        from .scores.edge_pruning import edge_pruning
-
         E = graph_for(model).n_edges
         target = target_edges if target_edges is not None else max(1, math.ceil(EDGE_PRUNING_SHARE * E))
         return edge_pruning(model, train, metric, target_edges=min(int(target), E), steps=steps or 200,
@@ -101,7 +99,7 @@ def score(
         scoring = Scoring(method="exact", metric=metric if isinstance(metric, str) else train.metric,
                           n_examples=len(train), seconds=round(time.perf_counter() - t0, 4))
         return graph_for(model).with_scores(eff, scoring=scoring)
-    return attribute(model, train, metric, method, steps=steps, batch_size=batch_size, progress=progress)
+    return attribute(model, train, metric, method, steps=steps or 5, batch_size=batch_size, progress=progress)
 
 
 def select(scores: Graph, *, edges: int | None = None, threshold: float | None = None,
@@ -129,7 +127,7 @@ def discover(
     refine: bool = False,
     rule: Literal["topn", "greedy"] = "topn",
     signed: bool = False,
-    steps: int | None = 5,
+    steps: int | None = None,
     tau: float = 0.01,
     batch_size: int = 32,
     curve: bool = True,
