@@ -51,6 +51,7 @@ __all__ = [
     "accuracy",
     "top1",
     "get_metric",
+    "metric_name",
     "is_higher_better",
     "check_metric_output",
     "answer_position_logits",
@@ -208,6 +209,11 @@ def get_metric(name_or_callable: str | Callable) -> Callable:
         return METRICS[name_or_callable]
     raise ValueError(f"unknown metric {name_or_callable!r}; valid names: {', '.join(sorted(METRICS))} "
                      "(or pass a callable metric(logits, batch, clean_logits=None) -> Tensor[B])")
+
+
+def metric_name(metric: str | Callable) -> str:
+    """The name a metric is recorded under: its registry name, or a callable's ``__name__`` (else ``custom``)."""
+    return metric if isinstance(metric, str) else str(getattr(metric, "__name__", "custom"))
 
 
 def is_higher_better(metric: str | Callable, default: bool = True) -> bool:

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from ..graph import GraphLayout, KeepMask
-from ..metrics import get_metric, is_higher_better
+from ..metrics import get_metric, is_higher_better, metric_name
 from ..runtime import Patch, Prefix, RunOutput, TracedModel, as_traced
-from ..tasks import Batch, Task, as_batches
+from ..tasks import Batch, Task, as_batches, task_metric
 
 Ablation = Literal["patching", "mean", "zero"]
 """What removed edges read: ``patching`` the corrupted run's sender outputs; ``mean`` each sender's
@@ -69,11 +69,8 @@ class PatchRunner:
             raise ValueError(f"unknown ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
         self.tm = as_traced(model)
         self.layout: GraphLayout = self.tm.layout
-        if metric is None:
-            if not isinstance(data, Task):
-                raise ValueError("pass a metric (name or callable) when data is not a Task")
-            metric = data.metric
-        self.metric_name = metric if isinstance(metric, str) else str(getattr(metric, "__name__", "custom"))
+        metric = task_metric(metric, data)
+        self.metric_name = metric_name(metric)
         self.metric = get_metric(metric)
         self.higher = is_higher_better(self.metric)
         self.max_rows = max_rows

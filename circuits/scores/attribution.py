@@ -36,10 +36,10 @@ import torch
 from torch import nn
 
 from ..graph import Graph, GraphLayout, Scoring
-from ..metrics import check_metric_output, get_metric, is_higher_better
+from ..metrics import check_metric_output, get_metric, is_higher_better, metric_name
 from ..models import graph_for
 from ..runtime import Patch, Probe, TracedModel, as_traced
-from ..tasks import Batch, Task, as_batches
+from ..tasks import Batch, Task, as_batches, task_metric
 
 AttributionMethod = Literal["eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "eap-ig-edges"]
 """Gradient-based edge scoring methods; :data:`METHOD_DOCS` describes each."""
@@ -119,11 +119,7 @@ def attribute(
         raise ValueError(f"steps must be >= 1, got {steps}")
     tm = as_traced(model)
     layout = tm.layout
-    if metric is None:
-        if not isinstance(data, Task):
-            raise ValueError("pass a metric (name or callable) when data is not a Task")
-        metric = data.metric
-    metric_name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
+    metric = task_metric(metric, data)
     metric_fn = get_metric(metric)
     higher = is_higher_better(metric_fn)
     batches = as_batches(data, batch_size)
@@ -156,7 +152,7 @@ def attribute(
         )
     if absolute:
         scores = scores.abs()
-    scoring = Scoring(method=method, metric=metric_name, steps=steps if method in IG_METHODS else None,
+    scoring = Scoring(method=method, metric=metric_name(metric), steps=steps if method in IG_METHODS else None,
                       absolute=absolute, n_examples=n_total, seconds=round(time.perf_counter() - t0, 4))
     return graph_for(tm.model).with_scores(scores, scoring=scoring)
 
@@ -276,7 +272,7 @@ def metric_of_runs(
 ) -> tuple[float, float]:
     """Mean metric on the clean and on the corrupted runs: ``(m(N), m(∅))``."""
     tm = as_traced(model)
-    metric_fn = get_metric(metric if metric is not None else data.metric)  # type: ignore[union-attr]
+    metric_fn = get_metric(task_metric(metric, data))
     tot_c = tot_x = 0.0
     n = 0
     with torch.no_grad():

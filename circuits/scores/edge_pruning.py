@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..graph import Graph, Scoring, Selection
-from ..metrics import check_metric_output, get_metric, is_higher_better
+from ..metrics import check_metric_output, get_metric, is_higher_better, metric_name
 from ..models import graph_for
 from ..runtime import Patch, TracedModel, as_traced
 from ..tasks import Batch, Task, as_batches
@@ -124,7 +124,6 @@ def edge_pruning(
     stretch = (lo, hi)
     if metric is None:
         metric = "kl_div"
-    metric_name = metric if isinstance(metric, str) else str(getattr(metric, "__name__", "custom"))
     metric_fn = get_metric(metric)
     higher = is_higher_better(metric_fn)
     dev = tm.device
@@ -171,7 +170,7 @@ def edge_pruning(
         "stretch": [lo, hi], "final_loss": history[-1] if history else None,
         "lambdas": [float(x) for x in lambdas.detach().cpu()], "trace": _thin(trace),
     }
-    scoring = Scoring(method="edge-pruning", metric=metric_name, steps=steps_run, absolute=False, ablation="patching",
+    scoring = Scoring(method="edge-pruning", metric=metric_name(metric), steps=steps_run, absolute=False, ablation="patching",
                       n_examples=n_examples, seconds=round(time.perf_counter() - t0, 4))
     return _result(tm, log_alpha, scoring, info, temperature, stretch)
 

@@ -10,7 +10,7 @@ generator shares are in :mod:`circuits.tasks.build`.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import torch
 
 from ..metrics import METRICS
 
-__all__ = ["Batch", "Task", "as_batches", "DATA_DIR"]
+__all__ = ["Batch", "Task", "as_batches", "task_metric", "DATA_DIR"]
 
 DATA_DIR: Path = Path(__file__).resolve().parent / "data"
 """Folder holding the shipped word lists (names, nouns, identifiers)."""
@@ -257,6 +257,15 @@ class Task:
 # --------------------------------------------------------------------------------------------------------------
 # Tokenizer helpers
 # --------------------------------------------------------------------------------------------------------------
+
+
+def task_metric(metric: str | Callable | None, data: Task | Iterable[Batch]) -> str | Callable:
+    """The metric to use: ``metric`` if given, else the task's own; plain batches carry none, so they need one."""
+    if metric is not None:
+        return metric
+    if not isinstance(data, Task):
+        raise ValueError("pass a metric (name or callable) when data is not a Task")
+    return data.metric
 
 
 def as_batches(data: Task | Iterable[Batch], batch_size: int) -> list[Batch]:
