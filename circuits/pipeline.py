@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .circuit import prune
-from .circuit.minimal import check_runner, check_target, search_size
+from .circuit.minimal import INERT_DELTA, check_runner, check_target, search_size
 from .circuit.minimal import refine as refine_circuit
 from .evaluation import CircuitReport, Curve, evaluate_circuit, faithfulness_curve
 from .graph import Graph, Scoring
@@ -78,11 +78,13 @@ def score(
     batch_size: int = 32,
     progress: bool = False,
     seed: int = 0,
+    runner: PatchRunner | None = None,
 ) -> Graph:
     """Scores for every edge by ``method`` (for ``acdc`` the graph also holds ACDC's circuit).
 
     ``steps``: IG steps (``eap-ig-*``, default 5) or optimisation steps (``edge-pruning``, default
-    200); ``target_edges``: edge pruning's size (default 5 % of the edges).
+    200); ``target_edges``: edge pruning's size (default 5 % of the edges); ``runner``: the training
+    split's prepared runs, reused by ``exact`` when given.
     """
     if method not in DISCOVERY_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(DISCOVERY_METHODS)}")
@@ -95,9 +97,10 @@ def score(
         return acdc(model, train, tau, metric=metric or "kl_div", batch_size=batch_size, progress=progress).graph
     if method == "exact":
         t0 = time.perf_counter()
-        eff = exact_edge_effects(model, train, metric, batch_size=batch_size, progress=progress)
-        scoring = Scoring(method="exact", metric=metric if isinstance(metric, str) else train.metric,
-                          n_examples=len(train), seconds=round(time.perf_counter() - t0, 4))
+        r = runner or PatchRunner(model, train, metric, batch_size=batch_size)
+        eff = exact_edge_effects(None, None, progress=progress, runner=r)
+        scoring = Scoring(method="exact", metric=r.metric_name, n_examples=r.n_examples,
+                          seconds=round(time.perf_counter() - t0, 4))
         return graph_for(model).with_scores(eff, scoring=scoring)
     return attribute(model, train, metric, method, steps=steps or 5, batch_size=batch_size, progress=progress)
 
@@ -155,7 +158,7 @@ def discover(
     timings: dict[str, float] = {}
     t0 = t = time.perf_counter()
     scores = score(model, train, method, metric=metric, steps=steps, tau=tau, batch_size=batch_size,
-                   progress=progress, target_edges=edges, seed=seed)
+                   progress=progress, target_edges=edges, seed=seed, runner=runner)
     timings["scoring"] = time.perf_counter() - t
     scores = scores.with_provenance(model=model_name or scores.provenance.model, task=train.name)
     t = time.perf_counter()
@@ -168,13 +171,13 @@ def discover(
         circuit = select(scores, edges=edges, threshold=threshold, rule=rule, signed=signed)
     timings["selection"] = time.perf_counter() - t
     t = time.perf_counter()
-    report = evaluate_circuit(model, circuit, test, metric=metric, batch_size=batch_size, progress=progress)
+    held_out = PatchRunner(model, test, metric, batch_size=batch_size)  # the test split's runs, prepared once
+    report = evaluate_circuit(model, circuit, test, batch_size=batch_size, runner=held_out, progress=progress)
     timings["evaluation"] = time.perf_counter() - t
     crv = None
     if curve:
         t = time.perf_counter()
-        crv = faithfulness_curve(model, scores, test, absolute=not signed, metric=metric, batch_size=batch_size,
-                                 progress=progress)
+        crv = faithfulness_curve(model, scores, test, absolute=not signed, runner=held_out, progress=progress)
         timings["curve"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     circuit = circuit.with_provenance(faithfulness=report.faithfulness)
@@ -216,7 +219,7 @@ def _minimal(runner: PatchRunner, scores: Graph, target: float, refine: bool, si
         circuit = ref.circuit
         record.update({"refined": True, "target_met": ref.target_met, "train_faithfulness": ref.faithfulness,
                        "is_1_minimal": ref.is_1_minimal, "rounds": ref.rounds, "n_inert": ref.n_inert,
-                       "inert_delta": 0.01, "edges_before_refinement": found.circuit.n_circuit_edges,
+                       "inert_delta": INERT_DELTA, "edges_before_refinement": found.circuit.n_circuit_edges,
                        "removal_faithfulness": ref.per_edge_removal_f})
     return circuit, record
 
