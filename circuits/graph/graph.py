@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,15 +197,22 @@ class Graph:
         return g
 
     @classmethod
-    def from_networkx(cls, g, provenance: Provenance | None = None) -> Graph:
-        """Inverse of :meth:`to_networkx` (edges absent from ``g`` are out of the circuit, score 0)."""
+    def from_networkx(cls, g, provenance: Provenance | None = None, *, layout: GraphLayout | None = None,
+                      as_float: Callable[[Any], float] = float, as_bool: Callable[[Any], bool] = bool) -> Graph:
+        """Inverse of :meth:`to_networkx` (edges absent from ``g`` are out of the circuit, score 0).
+
+        ``layout`` defaults to the sizes in ``g.graph``; ``as_float`` / ``as_bool`` read the ``score`` and
+        ``in_circuit`` attributes (file readers pass lenient parsers for text values).
+        """
         names, scores, flags = [], [], []
         for s, t, data in g.edges(data=True):
-            inp = data.get("input", "")
-            names.append(f"{s}->{t}<{inp}>" if inp else f"{s}->{t}")
-            scores.append(float(data.get("score", 0.0)))
-            flags.append(bool(data.get("in_circuit", True)))
-        layout = layout_for(int(g.graph["n_layers"]), int(g.graph["n_heads"]), bool(g.graph.get("parallel_attn_mlp", False)))
+            inp = data.get("input") or ""
+            names.append(str(data.get("name") or (f"{s}->{t}<{inp}>" if inp else f"{s}->{t}")))
+            scores.append(as_float(data.get("score", 0.0)))
+            flags.append(as_bool(data.get("in_circuit", True)))
+        if layout is None:
+            h = g.graph
+            layout = layout_for(int(h["n_layers"]), int(h["n_heads"]), bool(h.get("parallel_attn_mlp", False)))
         return cls.from_edges(layout, names, scores, flags, provenance)
 
     @classmethod

@@ -67,7 +67,7 @@ def save(
             return render_html(graph, path, overwrite=overwrite, **render_options)
         return render(graph, path, fmt, overwrite=overwrite, **render_options)
     if fmt == "json":
-        return atomic_write_text(path, json.dumps(graph.to_dict()), overwrite=overwrite)
+        return graph.save_json(path, overwrite=overwrite)
     if fmt == "csv":
         return atomic_write_text(path, to_csv_text(graph, circuit_only=circuit_only), overwrite=overwrite)
     if fmt == "dot":
@@ -171,16 +171,7 @@ def from_export_networkx(g, header: dict[str, Any] | None = None) -> Graph:
     """Inverse of :func:`to_export_networkx`; ``header`` overrides ``g.graph`` (GEXF keeps it elsewhere)."""
     h = dict(g.graph if header is None else header)
     layout, prov = _header_layout(h, "networkx graph")
-    names, scores, flags = [], [], []
-    for s, t, data in g.edges(data=True):
-        name = data.get("name")
-        if not name:
-            inp = data.get("input") or ""
-            name = f"{s}->{t}<{inp}>" if inp else f"{s}->{t}"
-        names.append(str(name))
-        scores.append(_as_float(data.get("score", 0.0)))
-        flags.append(_as_bool(data.get("in_circuit", True)))
-    return Graph.from_edges(layout, names, scores, flags, prov)
+    return Graph.from_networkx(g, prov, layout=layout, as_float=_as_float, as_bool=_as_bool)
 
 
 _XSD_FLOATS = {"nan": "NaN", "inf": "INF", "-inf": "-INF"}
