@@ -36,8 +36,9 @@ from torch import nn
 from ..graph import Graph, Scoring, Selection
 from ..metrics import check_metric_output, get_metric, is_higher_better, metric_name
 from ..models import graph_for
+from ..patching import PatchRunner, PreparedBatch
 from ..runtime import Patch, TracedModel, as_traced
-from ..tasks import Batch, Task, as_batches
+from ..tasks import Batch, Task
 
 __all__ = ["edge_pruning", "expected_l0", "hard_concrete_mean", "hard_concrete_sample"]
 
@@ -127,10 +128,10 @@ def edge_pruning(
     metric_fn = get_metric(metric)
     higher = is_higher_better(metric_fn)
     dev = tm.device
-    batches = [b.to(dev) for b in as_batches(data, batch_size)]
     t0 = time.perf_counter()
-    prepared = _prepare(tm, batches)
-    n_examples = sum(len(b) for b in batches)
+    # the clean and corrupted runs every step patches between (the masked-evaluation loop's preparation)
+    prepared = PatchRunner(tm, data, metric, batch_size=batch_size).prepared
+    n_examples = sum(len(p.batch) for p in prepared)
 
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     log_alpha = torch.full((E,), float(init), dtype=torch.float32, device=dev, requires_grad=True)
@@ -188,14 +189,14 @@ def _frozen(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _step(tm: TracedModel, prepared: tuple[Batch, torch.Tensor, torch.Tensor], log_alpha: torch.Tensor,
+def _step(tm: TracedModel, prepared: PreparedBatch, log_alpha: torch.Tensor,
           lambdas: torch.Tensor, u: torch.Tensor, target_t: float, metric: tuple[Callable, bool],
           gate: tuple[float, tuple[float, float]], optimisers: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on one batch: sample gates, patched forward, loss, update; returns (task loss, E[L0])."""
     (metric_fn, higher), (temperature, stretch), (opt, opt_lambda) = metric, gate, optimisers
     E = log_alpha.numel()
     gates = hard_concrete_sample(log_alpha, u, temperature, stretch)
-    batch, reference, clean_logits = prepared
+    batch, reference, clean_logits = prepared.batch, prepared.reference, prepared.clean_logits
     out = tm.run(batch.clean, batch.attention_mask, patch=Patch(gates[None], reference), logit_positions=batch.answer_pos)
     values = check_metric_output(metric_fn(out.logits, batch.at_answer(), clean_logits), len(batch))
     task_loss = -values.mean() if higher else values.mean()
@@ -244,22 +245,6 @@ def _check_args(E: int, target_edges: int, steps: int, lr: float, lambda_lr: flo
     if not (lo < 0.0 and hi > 1.0):
         raise ValueError(f"stretch must be a pair (l, r) with l < 0 and r > 1 (so gates reach exactly 0 and 1), "
                          f"got {stretch!r}")
-
-
-def _prepare(tm: TracedModel, batches: list[Batch]) -> list[tuple[Batch, torch.Tensor, torch.Tensor]]:
-    """Per batch: the batch, the corrupted run's sender outputs and the clean logits at the answer positions."""
-    out = []
-    with torch.no_grad():
-        for b in batches:
-            if b.clean.shape != b.corrupted.shape:
-                raise ValueError(
-                    f"clean {tuple(b.clean.shape)} and corrupted {tuple(b.corrupted.shape)} differ in shape; "
-                    "clean and corrupted prompts must tokenize to the same length"
-                )
-            clean = tm.run(b.clean, b.attention_mask, logit_positions=b.answer_pos)
-            corr = tm.run(b.corrupted, b.attention_mask, record=True, logit_positions=b.answer_pos)
-            out.append((b, corr.senders, clean.logits))
-    return out
 
 
 def _thin(trace: list[tuple[int, float, float]], n: int = 50) -> list[list[float]]:
