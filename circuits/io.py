@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -59,19 +60,20 @@ def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = True) ->
 
 def json_safe(x: Any) -> Any:
     """Replace NaN/inf floats by None, numpy/tensor scalars by Python ones, recursively (strict JSON)."""
-    import math
-
-    import numpy as np
+    import numpy as np  # here, not at module level: this module stays importable without numpy/torch loaded
     import torch
 
-    if isinstance(x, dict):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        x = x.item()
-    if isinstance(x, torch.Tensor):
-        return json_safe(x.tolist())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+    def safe(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): safe(w) for k, w in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [safe(w) for w in v]
+        if isinstance(v, (np.floating, np.integer)):
+            v = v.item()
+        if isinstance(v, torch.Tensor):
+            return safe(v.tolist())
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v
+
+    return safe(x)
