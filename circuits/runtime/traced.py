@@ -146,14 +146,14 @@ class TracedModel(nn.Module):
         probe = probe or Probe()
         state = RunState(self.layout, self.adapter, W, None if patch is None else patch.reference, K, B,
                          probe.on_grad, probe.sender_hook)
-        mask = causal_mask(attention_mask, B, P, dev).repeat(K, 1, 1, 1)  # [B', 1, P, P]
+        mask = per_mask(causal_mask(attention_mask, B, P, dev), K)  # [B', 1, P, P]
         resid, start = self._start(input_ids, position_ids, state, K, probe.input_requires_grad, resume)
-        rot = self.adapter.rotary(resid, position_ids.repeat(K, 1))
+        rot = self.adapter.rotary(resid, per_mask(position_ids, K))
         plain = W is None and probe == Probe() and not record and not record_resid
         # Only the answer positions' logits wanted and nothing to patch, probe or record: the
         # last layer need only run its queries and MLP there (keys/values still see all).
         tail = plain and logit_positions is not None and start < self.layout.n_layers
-        at = logit_positions.to(dev).long().repeat(K) if logit_positions is not None else None
+        at = per_mask(logit_positions.to(dev).long(), K) if logit_positions is not None else None
         io = PlainIO() if plain else state
         resids = [] if record_resid else None
         for layer in range(start, self.layout.n_layers):
@@ -190,12 +190,17 @@ class TracedModel(nn.Module):
         """The residual ``[B', P, d]`` the first computed layer reads, and that layer."""
         if resume is not None:
             state.add_prefix(self.layout.senders_before_attn(resume.layer), resume.senders)
-            return resume.resid.repeat(K, 1, 1), resume.layer
-        x0 = self.adapter.embed(input_ids, position_ids).repeat(K, 1, 1)  # [B', P, d]
+            return per_mask(resume.resid, K), resume.layer
+        x0 = per_mask(self.adapter.embed(input_ids, position_ids), K)  # [B', P, d]
         if input_requires_grad:
             x0 = x0.detach().requires_grad_(True)
             state.leaves.append(x0)
         return state.emit(0, 1, x0[None])[0], 0
+
+
+def per_mask(t: torch.Tensor, K: int) -> torch.Tensor:
+    """``t`` (batch first) stacked for K masks, mask-major: ``[B, ...]`` -> ``[K*B, ...]`` (no copy for one mask)."""
+    return t if K == 1 else t.repeat(K, *([1] * (t.dim() - 1)))
 
 
 def as_traced(model: nn.Module | TracedModel) -> TracedModel:
