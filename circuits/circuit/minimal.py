@@ -445,7 +445,7 @@ def keep_mask_gradient(runner: PatchRunner, keep: torch.Tensor) -> torch.Tensor:
             values = runner.metric(out.logits, b.at_answer(), p.clean_logits)
             (g,) = torch.autograd.grad(values.float().sum(), [k])
             total += g.detach().double().cpu()
-    return (total / runner.n_examples).float()
+    return (runner.sum_examples(total) / runner.n_examples).float()
 
 
 def _verified_drop(faith: _Faith, graph: Graph, current: torch.Tensor, order: torch.Tensor,

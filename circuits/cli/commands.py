@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -36,6 +37,11 @@ from .preflight import (
 )
 
 
+def _writes() -> bool:
+    """True unless this is a rank other than 0 of a ``torchrun`` job (rank 0 alone writes files)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _table(rows: list[tuple[str, str]]) -> str:
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{w}}  {v}" for k, v in rows)
@@ -65,7 +71,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     found = discover(lm, train, test, args.method, metric=args.metric, edges=args.edges, threshold=args.threshold,
                      faithfulness=args.faithfulness, refine=args.refine, rule=args.prune, signed=args.signed,
                      steps=args.steps, tau=args.tau, batch_size=args.batch_size, curve=not args.no_curve,
-                     model_name=args.model, progress=not args.quiet, seed=args.seed)
+                     model_name=args.model, progress=not args.quiet, seed=args.seed, parallel=args.parallel)
     report = found.report
     report.timings.pop("total", None)
     report.timings["load_s"] = round(t_load, 4)
@@ -89,8 +95,9 @@ def cmd_discover(args: argparse.Namespace) -> int:
         "refine": args.refine,
         "curve": not args.no_curve,
     })
-    write_outputs(found, out, overwrite=args.force, force_render=args.force_render,
-                  title=f"{args.model} / {task.name}: faithfulness by circuit size")
+    if _writes():
+        write_outputs(found, out, overwrite=args.force, force_render=args.force_render,
+                      title=f"{args.model} / {task.name}: faithfulness by circuit size")
     for note in found.warnings:
         print(f"warning: {one_line(note)}", file=sys.stderr)
     circuit, curve = found.circuit, found.curve
@@ -170,7 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ("KL to full", f"{report.kl_to_full:.4f}"),
         ("accuracy", f"{report.accuracy:.3f} (full model {report.accuracy_full:.3f})"),
     ]
-    if args.out:
+    if args.out and _writes():
         report.to_json(args.out, overwrite=args.force)
         rows.append(("written", str(args.out)))
     print(_table(rows))
@@ -237,7 +244,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
     progress(args, f"path patching {layout.n_layers * layout.n_heads} heads on {len(train)} examples ...")
     grid = path_patching_grid(lm, train, args.receivers, metric=args.metric, batch_size=args.batch_size,
                               normalize=args.normalize, progress=not args.quiet)
-    plot_heatmap(grid, out, title=f"path patching: heads -> {', '.join(args.receivers)} ({task.name})")
+    if _writes():
+        plot_heatmap(grid, out, title=f"path patching: heads -> {', '.join(args.receivers)} ({task.name})")
     for layer in range(grid.shape[0]):
         print(f"  L{layer:<3}" + " ".join(f"{v:+8.4f}" if v == v else "     n/a" for v in grid[layer].tolist()))
     print(f"wrote {out}")

@@ -175,6 +175,10 @@ def _add_discover(command: _Command) -> None:
                         f"or optimisation steps of edge-pruning (default: {DEFAULTS['pruning_steps']})")
     d.add_argument("--tau", type=_float_type(0.0), default=None, metavar="T",
                    help=f"ACDC's threshold, only with --method acdc (default: {DEFAULTS['tau']})")
+    d.add_argument("--parallel", choices=("data", "masks"), default="data",
+                   help="under torchrun with several processes: split the examples (data) or, for exact effects, "
+                        "--faithfulness/--refine, evaluation and the curve, the masks (masks; when the data is "
+                        "small and the edges many); see docs/scaling.md")
     d.add_argument("--no-curve", action="store_true", help="skip the faithfulness curve")
     d.add_argument("--out", required=True, metavar="FOLDER", help="output folder (written all or nothing)")
     d.add_argument("--force", action="store_true", help="overwrite results already in --out")

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 import torch
 
 from ..models.base import apply_rotary
+from ..parallel import is_main
 from ..runtime import PlainIO, Prefix, causal_mask, default_position_ids
 from .runner import PatchRunner, PreparedBatch
 
@@ -39,7 +40,9 @@ def single_edge_metric_values(runner: PatchRunner, edges: torch.Tensor, progress
     order of ``edges``.
     """
     lay = runner.layout
-    edges = edges.long().flatten()
+    all_edges = edges.long().flatten()
+    share = runner.mask_share(len(all_edges))  # in a process group splitting the masks: this rank's edges
+    edges = all_edges[share]
     layer_of = lay.edge_layer(edges)
     order = torch.argsort(layer_of * lay.n_receivers + lay.edge_receiver[edges], stable=True)
     total = torch.zeros(len(edges), dtype=torch.float64)
@@ -51,7 +54,7 @@ def single_edge_metric_values(runner: PatchRunner, edges: torch.Tensor, progress
             for k0 in range(0, len(sel), per):
                 work.append((p, layer, sel[k0:k0 + per]))
     it: Iterable = work
-    if progress:
+    if progress and is_main():
         from tqdm.auto import tqdm
 
         it = tqdm(work, desc="exact effects", unit="chunk")
@@ -64,7 +67,9 @@ def single_edge_metric_values(runner: PatchRunner, edges: torch.Tensor, progress
                 base = base_cache[id(p)] = _Base(runner, p)
             logits = base.patched_logits(layer, edges[sel])  # [n * B, 1, V]
             total[sel] += runner.chunk_metric(p, logits, len(sel))
-    return (total / runner.n_examples).float()
+    out = torch.zeros(len(all_edges), dtype=torch.float64)
+    out[share] = total
+    return (runner.gather_masks(runner.sum_examples(out)) / runner.n_examples).float()
 
 
 class _Base:
