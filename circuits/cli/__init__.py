@@ -91,7 +91,7 @@ def _join_process_group(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 another process of a distributed job failed,
-    2 user mistake, 130 interrupted). In a distributed job only rank 0 prints errors."""
+    2 user mistake, 130 interrupted)."""
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
@@ -124,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _error(message: str) -> None:
-    """Print ``error: message`` (on rank 0 only in a distributed job: the other ranks hit the same error)."""
-    if _rank() == 0:
-        print(f"error: {message}", file=sys.stderr)
+    """Print ``error: message``; ranks other than 0 of a distributed job say which rank they are (an error may
+    be one machine's alone, e.g. a file missing there, so no rank keeps its error to itself)."""
+    rank = _rank()
+    print(f"error: {f'rank {rank}: ' if rank else ''}{message}", file=sys.stderr)
