@@ -29,7 +29,7 @@ from torch import nn
 
 from ..graph import GraphLayout, KeepMask
 from ..metrics import get_metric, is_higher_better, metric_name
-from ..parallel import PARALLEL_MODES, Parallel, agree, all_reduce_sum, fingerprint, gather_cat, shard_range, world
+from ..parallel import PARALLEL_MODES, Parallel, agree, all_reduce_sum, fingerprint, gather_cat, is_main, shard_range, world
 from ..runtime import Patch, Prefix, RunOutput, TracedModel, as_traced
 from ..tasks import Batch, Task, as_batches, task_metric
 
