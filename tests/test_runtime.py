@@ -185,7 +185,7 @@ def test_olmoe_query_receiver_reads_through_full_width_norm():
 
     def swap(mod, args, out):
         out = out.clone()
-        own = mod(attn.q_proj(store["h"]))  # full width, then the slice of head 2
+        own = mod.forward(attn.q_proj(store["h"]))  # full width (forward: no hook recursion), then head 2
         out[..., head * dh:(head + 1) * dh] = own[..., head * dh:(head + 1) * dh]
         return out
 
