@@ -162,7 +162,7 @@ def model_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
-    if not path.exists() and looks_like_hub_id(name_or_path):  # "google/gemma-2-2b": the local HF cache
+    if not path.exists() and looks_like_hub_id(name_or_path):  # "Qwen/Qwen2.5-0.5B": the local HF cache
         return hub_snapshot(str(name_or_path))
     valid = ", ".join(list_models())
     if path.exists():

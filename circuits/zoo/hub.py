@@ -1,4 +1,4 @@
-"""Models named by their Hugging Face hub id (``google/gemma-2-2b``).
+"""Models named by their Hugging Face hub id (``Qwen/Qwen2.5-0.5B``).
 
 A hub id resolves to its snapshot folder in the local Hugging Face cache (``HF_HOME``, or
 ``HF_HUB_CACHE``), which then loads like any local folder. A cached snapshot is used without
