@@ -245,3 +245,19 @@ def test_bad_inputs():
     with pytest.raises(NotImplementedError, match="reorder_and_upcast_attn"):
         graph_for(GPT2Config(reorder_and_upcast_attn=True))
 
+
+
+@pytest.mark.parametrize("name", ["FalconConfig", "GemmaConfig", "PhimoeConfig", "GPTBigCodeConfig"])
+def test_close_unsupported_families_name_every_supported_one(name):
+    """Decoder-only families that are not (yet) adapted fail with NotImplementedError listing every
+    supported model_type, not with a wrong computation."""
+    import transformers
+
+    from circuits.models import SUPPORTED_MODEL_TYPES
+
+    config = getattr(transformers, name)()
+    with pytest.raises(NotImplementedError, match=f"model_type '{config.model_type}' is not supported") as err:
+        graph_for(config)
+    for model_type in SUPPORTED_MODEL_TYPES:
+        assert model_type in str(err.value)
+    assert {"gptj", "phi3", "mixtral", "qwen2_moe", "olmoe"} <= set(SUPPORTED_MODEL_TYPES)
