@@ -95,7 +95,9 @@ def _examples(*lines: str) -> str:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="NAME|FOLDER",
-                   help="zoo model name (see `circuits models`) or a local transformers folder")
+                   help="zoo model name (see `circuits models`), a local transformers folder, or a Hugging Face "
+                        "name such as Qwen/Qwen2.5-0.5B (from the local cache; downloaded first when the hub is "
+                        "reachable and HF_HUB_OFFLINE is not set)")
     p.add_argument("--task", default=None, metavar="NAME|FILE",
                    help="built-in task (see `circuits tasks`) or a .csv/.jsonl file (default: the zoo model's task)")
     p.add_argument("--metric", default=None, choices=METRICS, metavar="NAME",

@@ -127,6 +127,18 @@ class Adapter:
         """``(cos, sin)`` each ``[B, P, rot_dim]``, or None for models without rotary."""
         return None
 
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotary on the first ``rot_dim`` dims of queries or keys ``x`` [B, H, P, dh] (rotate-half
+        pairing; GPT-J overrides it with rotate-every-two)."""
+        return apply_rotary(x, cos, sin)
+
+    def run_mlp(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """The MLP module on a normalised input ``h`` [..., P, d] (any leading dims: mixture-of-experts
+        blocks in `transformers` take exactly ``[B, P, d]``, so leading dims are folded into one)."""
+        lead = h.shape[:-2]
+        out = self.mlp(layer)(h.reshape(-1, *h.shape[-2:]))
+        return out.view(*lead, *out.shape[-2:])
+
     # ---------------------------------------------------------------- generic computation
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head: ``[..., P, d]`` -> ``[..., P, V]``."""

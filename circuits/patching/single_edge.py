@@ -25,7 +25,6 @@ from collections.abc import Iterable
 
 import torch
 
-from ..models.base import apply_rotary
 from ..parallel import is_main
 from ..runtime import PlainIO, Prefix, causal_mask, default_position_ids
 from .runner import PatchRunner, PreparedBatch
@@ -97,7 +96,8 @@ class _Base:
         if layer not in self.layer_cache:
             q, k, v = PlainIO().qkv(self.tm.blocks[layer], self.resid[layer], None)
             if self.rot is not None:
-                q, k = apply_rotary(q, *self.rot), apply_rotary(k, *self.rot)
+                rotate = self.tm.adapter.rotate
+                q, k = rotate(q, *self.rot), rotate(k, *self.rot)
             self.layer_cache = {layer: {"q": q, "k": k, "v": v}}  # keep one layer only
         return self.layer_cache[layer]
 
@@ -151,7 +151,7 @@ class _Base:
         x = tm.blocks[layer].attn_norm(self.resid[layer][None] - delta)  # [K, B, P, d]
         y = a.project_heads(layer, x, heads, comp).transpose(0, 1)  # [B, K, P, dh]
         if self.rot is not None:  # queries and keys are rotated, values are not
-            y = torch.where((comp == 2)[None, :, None, None], y, apply_rotary(y, *self.rot))
+            y = torch.where((comp == 2)[None, :, None, None], y, a.rotate(y, *self.rot))
         base = self.layer(layer)
         c = comp[None, :, None, None]
         q = torch.where(c == 0, y, base["q"][:, heads])

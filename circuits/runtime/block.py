@@ -22,7 +22,7 @@ from typing import Protocol
 
 import torch
 
-from ..models.base import Adapter, apply_rotary
+from ..models.base import Adapter
 
 Rotary = tuple[torch.Tensor, torch.Tensor] | None
 """``(cos, sin)`` each ``[B', P, rot_dim]``, or None for models without rotary embeddings."""
@@ -110,14 +110,14 @@ class Block:
         if rot is not None:
             cos, sin = rot
             qc, qs = (cos, sin) if at is None else (self.rows_at(cos, at), self.rows_at(sin, at))
-            q, k = apply_rotary(q, qc, qs), apply_rotary(k, cos, sin)
+            q, k = a.rotate(q, qc, qs), a.rotate(k, cos, sin)
         ctx = a.attend(self.layer, q, k, v, mask, q_pos=q_pos)
         return a.head_outputs(self.layer, ctx)
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         """Normalisation and MLP (output bias included) of the receiver input ``x``."""
         a = self.adapter
-        return a.mlp(self.layer)(a.mlp_norm(self.layer)(x))
+        return a.run_mlp(self.layer, a.mlp_norm(self.layer)(x))
 
     @staticmethod
     def rows_at(t: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
