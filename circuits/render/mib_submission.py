@@ -48,7 +48,7 @@ class MibModel:
 
 
 MIB_MODELS: dict[str, MibModel] = {m.name: m for m in (
-    MibModel("gpt2", "gpt2 (GPT-2 small)", 12, 12, 768),
+    MibModel("gpt2", "GPT-2 small", 12, 12, 768),
     MibModel("qwen2.5", "Qwen/Qwen2.5-0.5B", 24, 14, 896),
     MibModel("gemma2", "google/gemma-2-2b", 26, 8, 2304),
     MibModel("llama3", "meta-llama/Llama-3.1-8B", 32, 32, 4096),
