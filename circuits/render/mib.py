@@ -103,7 +103,7 @@ def edge_order(layout: GraphLayout) -> torch.Tensor:
 def to_mib_dict(graph: Graph, d_model: int | None = None) -> dict[str, Any]:
     """EAP-IG's ``to_json`` object for ``graph``: every node and edge, scores (null for NaN) and ``in_graph``.
 
-    A node is ``in_graph`` when an in-circuit edge touches it. ``d_model`` (EAP-IG's ``from_json``
+    A node is ``in_graph`` when an in-circuit edge touches it (``logits`` always, as in EAP-IG). ``d_model`` (EAP-IG's ``from_json``
     needs it) defaults to the one recorded when the graph was read from such a file.
     """
     d_model = d_model if d_model is not None else graph.provenance.extra.get("d_model")
@@ -112,6 +112,7 @@ def to_mib_dict(graph: Graph, d_model: int | None = None) -> dict[str, Any]:
     cfg = {"n_layers": graph.n_layers, "n_heads": graph.n_heads, "parallel_attn_mlp": graph.parallel_attn_mlp,
            "d_model": int(d_model)}
     node_flags = graph.node_in_circuit().tolist()
+    node_flags[graph.layout.logits_node] = True  # EAP-IG's logits node is always in the graph
     nodes = {name: {"in_graph": bool(f)} for name, f in zip(graph.nodes, node_flags)}
     order = edge_order(graph.layout)
     names = graph.edge_names(order)
