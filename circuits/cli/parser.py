@@ -266,10 +266,10 @@ def _add_compare(command: _Command) -> None:
                 ))
     c.add_argument("circuits", nargs="+", metavar="FILE", help="two or more circuit files of one model")
     c.add_argument("--reference", default=None, metavar="FILE",
-                   help="one of the files, e.g. a ground truth: precision and recall of the others against it")
+                   help="one of the files, e.g. a ground truth: precision and recall of the others against it (default: none)")
     c.add_argument("--model", default=None, metavar="NAME|FOLDER",
-                   help="with --task: measure the faithfulness of the intersection and the union on this model")
-    c.add_argument("--task", default=None, metavar="NAME|FILE", help="task for the faithfulness (with --model)")
+                   help="measure the faithfulness of the intersection and the union on this model (default: none, no faithfulness)")
+    c.add_argument("--task", default=None, metavar="NAME|FILE", help="task for the faithfulness (default: the zoo model's task)")
     c.add_argument("--n-examples", type=_int_type(2), default=None, metavar="N",
                    help=f"examples for the faithfulness (default: {DEFAULTS['n_examples']} for a built-in task)")
     c.add_argument("--batch-size", type=_int_type(1), default=32, metavar="N", help="examples per forward pass")
