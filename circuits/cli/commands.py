@@ -285,8 +285,7 @@ def cmd_export_mib(args: argparse.Namespace) -> int:
     if args.model.strip().lower() not in MIB_MODELS:
         raise UsageError(f"--model {args.model}: not a MIB model; MIB's models: {', '.join(MIB_MODELS)}")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder; choose a folder path")
+    check_out_folder(out, [], args.force)  # a folder we can write in
     graph = load_circuit(args.scores)
 
     from ..render.mib_submission import folder_name, write_submission

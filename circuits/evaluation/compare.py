@@ -154,6 +154,8 @@ def compare(
            for row in pairs]
     out: dict[str, Any] = {}
     if reference is not None:
+        if isinstance(reference, str) and reference not in names:
+            raise ValueError(f"reference {reference!r} is not one of the circuits ({', '.join(names)})")
         r = names.index(reference) if isinstance(reference, str) else int(reference)
         others = [i for i in range(k) if i != r]
         out = {"reference": names[r],
