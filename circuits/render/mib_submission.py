@@ -26,6 +26,7 @@ import torch
 
 from ..circuit import top_fraction
 from ..graph import Graph
+from .mib import save_mib
 
 MIB_PERCENTS: tuple[float, ...] = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50)
 """Edge budgets (percent of the model's edges) of MIB's nine binary circuits."""
@@ -128,16 +129,16 @@ def write_submission(graph: Graph, out: str | Path, task: str, model: str, kind:
     replaced with ``overwrite`` (then the MIB files of the other kind are removed, so that the folder
     holds one kind).
     """
-    from .mib import save_mib  # the writer; imported here to keep the module graph one-way and flat
-
     name = folder_name(task, model)
     check_scores(graph, model)
     spec = MIB_MODELS[model.strip().lower()]
     target = Path(out) / name
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
         raise FileExistsError(f"{target} already exists and is not empty; pass --force to replace its MIB files")
-    graphs = {IMPORTANCES_FILE: graph.with_circuit(torch.ones(graph.n_edges, dtype=torch.bool))} if kind == "importances" \
-        else {circuit_file(p): c for p, c in mib_circuits(graph).items()}
+    if kind == "importances":
+        graphs = {IMPORTANCES_FILE: graph.with_circuit(torch.ones(graph.n_edges, dtype=torch.bool))}
+    else:
+        graphs = {circuit_file(p): c for p, c in mib_circuits(graph).items()}
     target.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
     try:
