@@ -25,7 +25,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from .commands import cmd_discover, cmd_evaluate, cmd_models, cmd_patch, cmd_render, cmd_tasks
+from .commands import cmd_compare, cmd_discover, cmd_evaluate, cmd_export_mib, cmd_models, cmd_patch, cmd_render, cmd_tasks
 from .errors import USER_ERRORS, UsageError, error_message, show_warning
 from .parser import (
     ABLATIONS,
@@ -49,7 +49,7 @@ from .preflight import RESTORE
 __all__ = [
     "ABLATIONS", "DATA_FORMATS", "DEFAULTS", "DISCOVER_OUTPUTS", "DRAWING_FORMATS", "DTYPES", "IG_METHODS",
     "INSTALL_GRAPHVIZ", "LOADABLE", "MAX_DIAGRAM_EDGES", "METHODS", "METRICS", "PLOT_FORMATS", "SUFFIX_ALIASES",
-    "USER_ERRORS", "UsageError", "build_parser", "cmd_discover", "cmd_evaluate", "cmd_models", "cmd_patch",
+    "USER_ERRORS", "UsageError", "build_parser", "cmd_compare", "cmd_discover", "cmd_export_mib", "cmd_evaluate", "cmd_models", "cmd_patch",
     "cmd_render", "cmd_tasks", "main",
 ]
 
@@ -57,7 +57,7 @@ __all__ = [
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     """Subcommand name -> function, looked up here at call time (so ``circuits.cli.cmd_*`` can be replaced)."""
     return {"discover": cmd_discover, "evaluate": cmd_evaluate, "render": cmd_render, "patch": cmd_patch,
-            "tasks": cmd_tasks, "models": cmd_models}
+            "tasks": cmd_tasks, "models": cmd_models, "export-mib": cmd_export_mib, "compare": cmd_compare}
 
 
 DISTRIBUTED_COMMANDS = ("discover", "evaluate", "patch")
