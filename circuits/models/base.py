@@ -137,7 +137,7 @@ class Adapter:
         blocks in `transformers` take exactly ``[B, P, d]``, so leading dims are folded into one)."""
         lead = h.shape[:-2]
         out = self.mlp(layer)(h.reshape(-1, *h.shape[-2:]))
-        return out.view(*lead, *out.shape[-2:])
+        return out.reshape(*lead, *out.shape[-2:])
 
     # ---------------------------------------------------------------- generic computation
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
