@@ -67,10 +67,13 @@ def supports_sparse(adapter: Adapter) -> bool:
 
 @dataclass(frozen=True)
 class StatePlan:
-    """Per-mask node states: ``senders`` ``[K, S]`` and ``receivers`` ``[K, R]`` int8 :class:`NodeState`."""
+    """Per-mask node states: ``senders`` ``[K, S]`` and ``receivers`` ``[K, R]`` int8 :class:`NodeState`;
+    ``live`` ``[K, S]`` bool: CHANGED senders whose output some computed receiver reads through a kept
+    edge (the others change nothing the logits see, so they are not computed)."""
 
     senders: torch.Tensor
     receivers: torch.Tensor
+    live: torch.Tensor
 
     @property
     def logits(self) -> torch.Tensor:
@@ -80,6 +83,10 @@ class StatePlan:
     def changed_nodes(self) -> torch.Tensor:
         """``[K]`` how many nodes (senders and the logits) each mask makes CHANGED."""
         return (self.senders == CHANGED).sum(1) + (self.logits == CHANGED)
+
+    def computed_nodes(self) -> torch.Tensor:
+        """``[K]`` how many nodes the sparse forward computes for each mask (live CHANGED senders, logits)."""
+        return self.live.sum(1) + (self.logits == CHANGED)
 
 
 def plan_states(layout: GraphLayout, keep: torch.Tensor) -> StatePlan:
@@ -107,7 +114,30 @@ def plan_states(layout: GraphLayout, keep: torch.Tensor) -> StatePlan:
         send[:, layout.mlp_sender(layer)] = read(r, r + 1, layout.senders_before_mlp(layer))[:, 0]
     r = layout.logits_receiver
     read(r, r + 1, layout.n_senders)
-    return StatePlan(send, recv)
+    return StatePlan(send, recv, live_senders(layout, kd, send, recv))
+
+
+def live_senders(layout: GraphLayout, kd: torch.Tensor, send: torch.Tensor, recv: torch.Tensor) -> torch.Tensor:
+    """``[K, S]`` bool: CHANGED senders read through a kept edge by a computed receiver (a CHANGED
+    receiver of the CHANGED logits or of a live node), found in reverse topological order."""
+    need = torch.zeros_like(recv, dtype=torch.bool)  # [K, R] receivers whose input is computed
+    need[:, -1] = recv[:, -1] == CHANGED
+    live = torch.zeros_like(send, dtype=torch.bool)
+    changed_recv = recv == CHANGED
+
+    def mark(s0: int, s1: int) -> torch.Tensor:
+        read = (kd[:, s0:s1] & need[:, None]).any(-1)  # [K, s1-s0]
+        live[:, s0:s1] = read & (send[:, s0:s1] == CHANGED)
+        return live[:, s0:s1]
+
+    for layer in reversed(range(layout.n_layers)):  # the MLP first: a sequential MLP reads its layer's heads
+        r = layout.mlp_receiver(layer)
+        s = layout.mlp_sender(layer)
+        need[:, r] = mark(s, s + 1)[:, 0] & changed_recv[:, r]
+        r0, r1 = layout.attn_receivers(layer)
+        heads = mark(*layout.head_senders(layer))  # [K, H]
+        need[:, r0:r1] = heads.repeat_interleave(3, 1) & changed_recv[:, r0:r1]
+    return live
 
 
 @dataclass
@@ -187,7 +217,7 @@ class _Run:
         self.layout, self.base, self.plan = layout, base, plan
         S, B, P, d = base.z_corr.shape
         self.kd = layout.to_dense(keep.to(base.delta.dtype))  # [K, S, R] 0/1
-        self.changed = plan.senders == CHANGED  # [K, S]
+        self.changed = plan.live  # [K, S]: the CHANGED senders computed (and stored)
         K = self.changed.shape[0]
         pairs = self.changed.nonzero()  # [N, 2] mask-major, senders in order
         self.row = torch.full((K, S), -1, dtype=torch.long, device=keep.device)
@@ -242,7 +272,8 @@ class _Run:
         clean, corr = b.qkv[layer]
         qkv = [torch.where((rstate[:, c] == CORRUPTED)[None, :, None, None], corr[c][:, ph], clean[c][:, ph])
                for c in range(3)]  # [B, Nc, P, dh] each
-        recv = (self.plan.receivers[:, r0:r1] == CHANGED).nonzero()  # [M, 2]: (mask, local receiver)
+        live = self.changed[:, s0:s0 + H].repeat_interleave(3, 1)  # [K, 3H]
+        recv = ((self.plan.receivers[:, r0:r1] == CHANGED) & live).nonzero()  # [M, 2]: (mask, local receiver)
         x = self.inputs(recv[:, 0], r0 + recv[:, 1], lay.senders_before_attn(layer), b.resid_corr[layer],
                         b.delta, self.store)  # [M, B, P, d]
         head, slot = lay.qkv_slot(recv[:, 1])

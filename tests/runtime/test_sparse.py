@@ -77,6 +77,7 @@ def test_states_of_simple_masks():
     plan = plan_states(lay, keep)
     assert int(plan.senders[0, lay.sender_index("a0.h0")]) == CHANGED
     assert int(plan.changed_nodes()[0]) == 1
+    assert int(plan.computed_nodes()[0]) == 0  # nothing reads a0.h0 through a kept edge
 
 
 def test_sparse_computes_only_what_the_circuit_touches():
@@ -91,7 +92,8 @@ def test_sparse_computes_only_what_the_circuit_touches():
     keep[1, lay.edge_index(["input->m0"])] = 1  # m0 changes, but no kept edge reads it: corrupted logits
     stats = SparseStats()
     out = sparse_logits(tm.blocks, lay, base, keep, stats)
-    assert (stats.heads, stats.mlps, stats.logits) == (1, 2, 1)
+    assert plan_states(lay, keep).changed_nodes().tolist() == [3, 1]  # a0.h1, m1, logits; m0
+    assert (stats.heads, stats.mlps, stats.logits) == (1, 1, 1)  # m0 is not read: not computed
     with torch.no_grad():
         general = tm.run(clean, mask, patch=Patch(keep, reference), logit_positions=at).logits
     assert (out - general).abs().max() <= TOL
