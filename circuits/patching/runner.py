@@ -105,7 +105,7 @@ class PatchRunner:
 
     def _prepare(self, batches: list[Batch]) -> list[PreparedBatch]:
         tm, ablation = self.tm, self.ablation
-        runs = []
+        runs, bases = [], []
         for b in batches:
             if b.clean.shape != b.corrupted.shape:
                 raise ValueError(
@@ -117,6 +117,9 @@ class PatchRunner:
                            logit_positions=b.answer_pos)
             corr = (tm.run(b.corrupted, b.attention_mask, record=True, record_resid=sparse, logit_positions=b.answer_pos)
                     if ablation == "patching" else None)
+            bases.append(SparseBase.from_runs(tm.blocks, b.attention_mask, b.answer_pos, clean, corr) if sparse else None)
+            if sparse:  # the clean records live on in the sparse base only (as z^clean - z^corr)
+                clean = RunOutput(clean.logits)
             runs.append((b, clean, corr))
         if ablation == "mean":  # per sender, over real positions of every example: [S, 1, 1, d]
             tot = sum((clean.senders * b.attention_mask[None, :, :, None].to(clean.senders.dtype)).sum(dim=(1, 2))
@@ -127,15 +130,14 @@ class PatchRunner:
                 count = float(all_reduce_sum(torch.tensor([count], dtype=torch.float64)))
             mean = (tot / count)[:, None, None, :]
         out = []
-        for b, clean, corr in runs:
+        for (b, clean, corr), sparse_base in zip(runs, bases):
             if ablation == "patching":
                 ref = corr.senders
             elif ablation == "mean":
                 ref = mean
             else:
                 ref = torch.zeros(self.layout.n_senders, 1, 1, tm.adapter.d_model, device=tm.device, dtype=tm.dtype)
-            sparse = SparseBase.from_runs(tm.blocks, b.attention_mask, b.answer_pos, clean, corr) if self.sparse else None
-            out.append(PreparedBatch(b, ref, clean.logits, None if corr is None else corr.logits, sparse))
+            out.append(PreparedBatch(b, ref, clean.logits, None if corr is None else corr.logits, sparse_base))
         return out
 
     # ------------------------------------------------------------------ the loop

@@ -257,7 +257,6 @@ class _Run:
                 o.addmm_(coef[:, chg], Z[self.offset[k]:self.offset[k] + len(chg)])
         return out.view(len(ks), *base.shape)
 
-    # long: one layer's CHANGED heads, from the receivers' inputs to W_O, batched over (mask, head) pairs
     def heads(self, block: Block, stats: SparseStats) -> None:
         """Compute layer ``block.layer``'s CHANGED (mask, head) pairs and store their deltas."""
         lay, b, a, layer = self.layout, self.base, block.adapter, block.layer
