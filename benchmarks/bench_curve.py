@@ -1,4 +1,5 @@
-"""Cost of a full MIB faithfulness curve vs one bare forward pass (target: <= 12x).
+"""Cost of a full MIB faithfulness curve vs one bare forward pass (targets: <= 12x end to end;
+<= 6x for the curve from recorded clean and corrupted runs, with the sparse masked forward).
 
 Set-up: GPT-2-small shape, random init (or a tiny config with --quick), batch 8 x 32 random
 tokens, logit difference on random answer ids; edge scores from EAP. The curve evaluates the
@@ -7,7 +8,10 @@ runs, 10 top-n + pruning selections, and the batched patched forward(s).
 
 Prints from one run: the bare forward time (best of --repeats after a warm-up); the curve end to
 end on its first (cold) call; a warm curve (best of --repeats) split into clean + corrupted runs,
-selection and patched evaluation; ratios to the bare forward; peak RSS.
+selection and patched evaluation; ratios to the bare forward; peak RSS. Then the sparse masked
+forward (circuits/runtime/sparse.py) against the general one on the same runner's recorded runs:
+the curve's masks (target <= 6x), one circuit of 1 % of the edges (target <= 0.3x), and a table of
+the cost of each curve mask against the number of nodes it makes CHANGED.
 
     python benchmarks/bench_curve.py [--quick]
 """
@@ -25,6 +29,7 @@ from common import bare_forward, best_time, parser, peak_rss_mb, setup  # noqa: 
 
 from circuits.evaluation import MIB_FRACTIONS, curve_masks, faithfulness_curve  # noqa: E402
 from circuits.patching import PatchRunner  # noqa: E402
+from circuits.runtime.sparse import plan_states  # noqa: E402
 from circuits.scores import attribute  # noqa: E402
 
 
@@ -79,6 +84,37 @@ def main() -> None:
           f"{rss_after:.0f} MB after the curves")
     print(f"curve ({curve.kind}): n_edges={curve.n_edges}")
     print(f"  f={[round(f, 3) for f in curve.faithfulness]}  CPR={curve.cpr:.4f}  CMD={curve.cmd:.4f}")
+    sparse_report(tm, g, b, args, t_bare)
+
+
+def sparse_report(tm, g, b, args, t_bare: float) -> None:
+    """Sparse vs general masked forward on one runner's recorded clean and corrupted runs."""
+    E = g.n_edges
+    sparse = PatchRunner(tm, [b], "logit_diff", batch_size=args.batch)
+    general = PatchRunner(tm, [b], "logit_diff", batch_size=args.batch, sparse=False)
+    circuits = curve_masks(g, MIB_FRACTIONS, args.absolute)[0].float()
+    masks = torch.cat([torch.ones(1, E), torch.zeros(1, E), circuits])
+    one = curve_masks(g, [0.01], args.absolute)[0].float()
+    print(f"sparse masked forward ({'on' if sparse.sparse else 'not available: general path'}), "
+          "from the recorded clean and corrupted runs, best of --repeats:")
+    for name, m, target in (("MIB curve (10 fractions)", masks, "<= 6x"),
+                            (f"one circuit of 1 % ({int(one.sum())} edges)", one, "<= 0.3x")):
+        t_s = best_time(lambda m=m: sparse.evaluate(m), args.repeats)
+        t_g = best_time(lambda m=m: general.evaluate(m), args.repeats)
+        print(f"  {name:34s} sparse {t_s * 1e3:8.1f} ms {t_s / t_bare:6.2f}x (target {target});  "
+              f"general {t_g * 1e3:8.1f} ms {t_g / t_bare:6.2f}x")
+    changed = plan_states(g.layout, circuits).changed_nodes().tolist()
+    n_nodes = g.layout.n_senders  # heads, MLPs and input (+ logits)
+    print(f"  cost per mask vs CHANGED nodes (of {n_nodes} + logits), one mask per evaluate call:")
+    print("    fraction  edges  changed   sparse ms  ratio   general ms  ratio")
+    for f, m, c in zip(MIB_FRACTIONS, circuits, changed):
+        t_s = best_time(lambda m=m: sparse.evaluate(m), args.repeats)
+        t_g = best_time(lambda m=m: general.evaluate(m), args.repeats)
+        print(f"    {f:8.3f} {int(m.sum()):6d} {c:8d}   {t_s * 1e3:9.1f} {t_s / t_bare:6.2f}x "
+              f"{t_g * 1e3:10.1f} {t_g / t_bare:6.2f}x")
+    st = sparse.sparse_stats
+    print(f"  sparse path computed {st.computed_share():.1%} of the heads and MLPs a dense forward computes "
+          f"({st.masks} masks evaluated)")
 
 
 if __name__ == "__main__":

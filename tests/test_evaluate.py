@@ -81,9 +81,10 @@ def test_curve_points_equal_single_circuit_evaluations(gpt2):
         assert rep.faithfulness == pytest.approx(curve.faithfulness[i], abs=1e-4)
 
 
-def test_curve_uses_one_batched_patched_forward(gpt2, monkeypatch):
+@pytest.mark.parametrize("sparse", [False, True])
+def test_curve_uses_one_batched_patched_forward(gpt2, monkeypatch, sparse):
     batch = make_batch(B=4)
-    runner = PatchRunner(gpt2, [batch], "logit_diff")
+    runner = PatchRunner(gpt2, [batch], "logit_diff", sparse=sparse)
     g = graph_for(gpt2.model).with_scores(torch.randn(graph_for(gpt2.model).n_edges, generator=torch.Generator().manual_seed(0)))
     calls = []
     real_run = gpt2.run
@@ -95,8 +96,11 @@ def test_curve_uses_one_batched_patched_forward(gpt2, monkeypatch):
     monkeypatch.setattr(gpt2, "run", counting_run)
     before = g.scores.clone(), g.in_circuit.clone()
     curve = faithfulness_curve(gpt2, g, [batch], runner=runner)
-    assert len(calls) == 1 and calls[0] is not None  # 12 masks, one patched forward, no clean/corrupted re-runs
-    assert calls[0].keep.shape[0] <= 11  # duplicates evaluated once, the all-edges mask reuses the clean run
+    if sparse:  # the sparse masked forward, once for <= 11 masks; no general forward, no re-runs
+        assert calls == [] and 0 < runner.sparse_stats.masks <= 11
+    else:
+        assert len(calls) == 1 and calls[0] is not None  # 12 masks, one patched forward, no clean/corrupted re-runs
+        assert calls[0].keep.shape[0] <= 11  # duplicates evaluated once, the all-edges mask reuses the clean run
     assert torch.equal(g.scores, before[0]) and torch.equal(g.in_circuit, before[1])  # graph untouched
     assert len(curve.faithfulness) == len(MIB_FRACTIONS)
 

@@ -226,6 +226,11 @@ class Adapter:
     #: q, k and v are linear in the normalised receiver input (False when a norm follows the
     #: projection, e.g. Qwen3's q/k norms): gradient probes may then use the shared shortcut
     linear_qkv: bool = True
+    #: the residual stream is the sum of the sender outputs plus input-independent constants
+    #: (``b_O``), so the sparse masked forward (:mod:`circuits.runtime.sparse`) is exact. Only a
+    #: declaration on the adapter's own class counts: a subclass (e.g. a post-norm family built on
+    #: Llama) uses the general path until it declares this itself.
+    additive_residual: bool = False
 
     def head_outputs(self, layer: int, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-head contributions to the residual: ctx ``[B, H, P, dh]`` -> ``[H, B, P, d]``, plus b_O."""

@@ -15,6 +15,7 @@ class GPT2Adapter(Adapter):
     blocks_path = "transformer.h"
     final_norm_path = "transformer.ln_f"
     attn_norm_name, mlp_norm_name = "ln_1", "ln_2"
+    additive_residual = True  # the sparse masked forward applies (see Adapter.additive_residual)
 
     @classmethod
     def graph_shape(cls, config: Any) -> dict[str, Any]:

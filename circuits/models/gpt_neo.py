@@ -14,6 +14,7 @@ class GPTNeoAdapter(GPT2Adapter):
     family = "gpt_neo"
     model_types = ("gpt_neo",)
     upcast_attention = True  # GPT-Neo computes attention scores in float32
+    additive_residual = True  # the sparse masked forward applies (see Adapter.additive_residual)
 
     @classmethod
     def graph_shape(cls, config: Any) -> dict[str, Any]:

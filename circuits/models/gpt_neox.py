@@ -14,6 +14,7 @@ class GPTNeoXAdapter(Adapter):
     model_types = ("gpt_neox",)
     blocks_path = "gpt_neox.layers"
     final_norm_path = "gpt_neox.final_layer_norm"
+    additive_residual = True  # the sparse masked forward applies (see Adapter.additive_residual)
 
     @classmethod
     def graph_shape(cls, config: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ class LlamaAdapter(Adapter):
     model_types = ("llama", "mistral", "qwen2")
     blocks_path = "model.layers"
     final_norm_path = "model.norm"
+    additive_residual = True  # the sparse masked forward applies (see Adapter.additive_residual)
 
     @classmethod
     def check_config(cls, config: Any) -> None:

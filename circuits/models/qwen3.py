@@ -14,6 +14,7 @@ class Qwen3Adapter(LlamaAdapter):
     #: q and k are not linear in the receiver input (a norm follows the projection), so gradient
     #: probes read each q/k/v receiver's own input instead of the shared linear shortcut
     linear_qkv = False
+    additive_residual = True  # the sparse masked forward applies (see Adapter.additive_residual)
 
     def project_qkv(self, layer: int, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor):
         q, k, v = super().project_qkv(layer, xq, xk, xv)  # [B, H(kv), P, dh]

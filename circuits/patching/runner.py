@@ -6,7 +6,10 @@ runs are computed once per batch when the runner is built; masks go through the 
 ``max_rows // B`` at a time stacked in the batch dimension (``K * B`` rows per forward).
 Identical masks are evaluated once; the all-kept mask takes the clean run's logits and,
 when removed edges read the corrupted run, the all-removed mask takes the corrupted run's
-(both identities are tested in tests/runtime/test_traced.py).
+(both identities are tested in tests/runtime/test_traced.py). Chunks of binary masks under
+``patching`` ablation go through the sparse masked forward (:mod:`circuits.runtime.sparse`, which
+computes only the nodes a mask changes, from both runs recorded here) where the model's family
+declares ``additive_residual``; everything else through ``TracedModel.run(..., patch=...)``.
 
 In a ``torch.distributed`` process group (:mod:`circuits.parallel`) the runner holds this rank's
 shard of the examples and every mean is all-reduced (``parallel="data"``), or it holds every
@@ -31,6 +34,7 @@ from ..graph import GraphLayout, KeepMask
 from ..metrics import get_metric, is_higher_better, metric_name
 from ..parallel import PARALLEL_MODES, Parallel, agree, all_reduce_sum, fingerprint, gather_cat, is_main, shard_range, world
 from ..runtime import Patch, Prefix, RunOutput, TracedModel, as_traced
+from ..runtime.sparse import SparseBase, SparseStats, sparse_logits, supports_sparse
 from ..tasks import Batch, Task, as_batches, task_metric
 
 Ablation = Literal["patching", "mean", "zero"]
@@ -48,6 +52,7 @@ class PreparedBatch:
     reference: torch.Tensor  # [S, B or 1, P or 1, d]: values removed edges read
     clean_logits: torch.Tensor  # [B, 1, V] at the answer positions
     corrupted_logits: torch.Tensor | None = None  # [B, 1, V]: the corrupted run's (ablation "patching")
+    sparse: SparseBase | None = None  # both runs as the sparse masked forward reads them (when it applies)
 
 
 class PatchRunner:
@@ -61,6 +66,10 @@ class PatchRunner:
         batch_size: examples per batch when ``data`` is a Task.
         max_rows: at most this many ``mask x example`` rows per forward pass.
         parallel: in a process group, split the examples (``data``) or the masks (``masks``).
+        sparse: evaluate binary masks with the sparse masked forward (:mod:`circuits.runtime.sparse`:
+            only the nodes a mask changes are computed) where it applies: ``patching`` ablation and a
+            family that declares ``additive_residual``; records the clean run's senders and both
+            runs' residuals once. ``sparse_stats`` counts what it computed.
     """
 
     def __init__(
@@ -72,6 +81,7 @@ class PatchRunner:
         batch_size: int = 16,
         max_rows: int = 512,
         parallel: Parallel = "data",
+        sparse: bool = True,
     ) -> None:
         if ablation not in ABLATIONS:
             raise ValueError(f"unknown ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
@@ -86,6 +96,8 @@ class PatchRunner:
         self.max_rows = max_rows
         self.ablation: Ablation = ablation
         self.parallel: Parallel = parallel
+        self.sparse = sparse and ablation == "patching" and supports_sparse(self.tm.adapter)
+        self.sparse_stats = SparseStats()
         local, self.n_examples = shard_data(self.tm, data, batch_size, split=parallel == "data")
         batches = [b.to(self.tm.device) for b in local]
         with torch.no_grad():
@@ -93,16 +105,21 @@ class PatchRunner:
 
     def _prepare(self, batches: list[Batch]) -> list[PreparedBatch]:
         tm, ablation = self.tm, self.ablation
-        runs = []
+        runs, bases = [], []
         for b in batches:
             if b.clean.shape != b.corrupted.shape:
                 raise ValueError(
                     f"clean {tuple(b.clean.shape)} and corrupted {tuple(b.corrupted.shape)} differ in shape; "
                     "clean and corrupted prompts must tokenize to the same length"
                 )
-            clean = tm.run(b.clean, b.attention_mask, record=ablation == "mean", logit_positions=b.answer_pos)
-            corr = (tm.run(b.corrupted, b.attention_mask, record=True, logit_positions=b.answer_pos)
+            sparse = self.sparse
+            clean = tm.run(b.clean, b.attention_mask, record=ablation == "mean" or sparse, record_resid=sparse,
+                           logit_positions=b.answer_pos)
+            corr = (tm.run(b.corrupted, b.attention_mask, record=True, record_resid=sparse, logit_positions=b.answer_pos)
                     if ablation == "patching" else None)
+            bases.append(SparseBase.from_runs(tm.blocks, b.attention_mask, b.answer_pos, clean, corr) if sparse else None)
+            if sparse:  # the clean records live on in the sparse base only (as z^clean - z^corr)
+                clean = RunOutput(clean.logits)
             runs.append((b, clean, corr))
         if ablation == "mean":  # per sender, over real positions of every example: [S, 1, 1, d]
             tot = sum((clean.senders * b.attention_mask[None, :, :, None].to(clean.senders.dtype)).sum(dim=(1, 2))
@@ -113,14 +130,14 @@ class PatchRunner:
                 count = float(all_reduce_sum(torch.tensor([count], dtype=torch.float64)))
             mean = (tot / count)[:, None, None, :]
         out = []
-        for b, clean, corr in runs:
+        for (b, clean, corr), sparse_base in zip(runs, bases):
             if ablation == "patching":
                 ref = corr.senders
             elif ablation == "mean":
                 ref = mean
             else:
                 ref = torch.zeros(self.layout.n_senders, 1, 1, tm.adapter.d_model, device=tm.device, dtype=tm.dtype)
-            out.append(PreparedBatch(b, ref, clean.logits, None if corr is None else corr.logits))
+            out.append(PreparedBatch(b, ref, clean.logits, None if corr is None else corr.logits, sparse_base))
         return out
 
     # ------------------------------------------------------------------ the loop
@@ -180,13 +197,22 @@ class PatchRunner:
                     layer, bases = resume_from
                     resume = Prefix(layer, bases[i].resid[layer], bases[i].senders)
                 keep = uniq[rows].to(self.tm.device)
-                out = self.tm.run(p.batch.clean, p.batch.attention_mask, patch=Patch(keep, p.reference),
-                                  logit_positions=p.batch.answer_pos, resume=resume)
+                logits = self.sparse_logits(p, keep) if resume is None else None
+                if logits is None:
+                    logits = self.tm.run(p.batch.clean, p.batch.attention_mask, patch=Patch(keep, p.reference),
+                                         logit_positions=p.batch.answer_pos, resume=resume).logits
                 for k, fn in fns.items():
-                    values[k][rows, starts[i]:starts[i + 1]] = self.chunk_values(p, out.logits, len(rows), fn)
+                    values[k][rows, starts[i]:starts[i + 1]] = self.chunk_values(p, logits, len(rows), fn)
         if per_example:
             return {k: self.gather_masks(self.gather_examples(v))[inverse] for k, v in values.items()}
         return {k: (self.gather_masks(self.sum_examples(v.sum(1))) / self.n_examples)[inverse] for k, v in values.items()}
+
+    def sparse_logits(self, p: PreparedBatch, keep: torch.Tensor) -> torch.Tensor | None:
+        """Answer-position logits ``[K * B, 1, V]`` of binary keep-masks ``[K, E]`` from the sparse masked
+        forward, or None where it does not apply (then the general patched forward runs)."""
+        if p.sparse is None or torch.is_grad_enabled() or not bool(((keep == 0) | (keep == 1)).all()):
+            return None
+        return sparse_logits(self.tm.blocks, self.layout, p.sparse, keep, self.sparse_stats)
 
     # ------------------------------------------------------------------ across ranks (identity in one process)
     def sum_examples(self, total: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,340 @@
+"""Sparse masked forward: compute only the nodes a binary keep-mask changes.
+
+Under corrupted-run patching ("patching" ablation) a removed edge reads the corrupted run's
+sender output. Because the residual stream is a sum of sender outputs plus input-independent
+constants (``b_O``, nothing else), receiver ``r``'s input under keep-mask ``k`` is
+
+    x_r^k = x_r^corr + Σ_s keep(s, r) · Δ_s^k,        Δ_s^k = z_s^k − z_s^corr
+
+(the general path's ``resid − Σ_s (1 − keep) Δ_s`` rewritten around the corrupted run's
+residual ``x_r^corr``; the constants cancel because both runs add the same ones). Per mask,
+every node gets a state (:class:`NodeState`), propagated in topological order by
+:func:`plan_states`:
+
+* ``input`` is CLEAN (the masked run reads the clean ids);
+* a receiver is CLEAN if every incoming edge is kept and comes from a CLEAN sender (then
+  ``x_r^k = x_r^clean``), CORRUPTED if every incoming edge is removed or comes from a
+  CORRUPTED sender (``x_r^k = x_r^corr``), else CHANGED;
+* a head is CLEAN / CORRUPTED if its q, k and v receivers all are, else CHANGED; an MLP and the
+  logits follow their one receiver.
+
+CLEAN and CORRUPTED nodes take their outputs from the two recorded runs (``Δ = z^clean − z^corr``
+or 0); only CHANGED nodes are computed (:func:`sparse_logits`), batched over the masks that
+change them: a CHANGED head recomputes the projections of its CHANGED q/k/v receivers only
+(the others come from the recorded runs' q/k/v), then attention and ``W_O``; a CHANGED MLP runs
+on its assembled input; CHANGED logits are read at the answer positions only.
+
+This holds only where the residual is that sum: adapters opt in by declaring
+``additive_residual = True`` on their own class (:func:`supports_sparse`), so a new family
+(including a subclass of an opted-in one) uses the general path until it declares it.
+
+Shapes: K masks, B examples, P positions, d model width, S senders, R receivers, H query
+heads, dh head width, N = CHANGED (mask, sender) pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import torch
+
+from ..graph import GraphLayout
+from ..models.base import Adapter, apply_rotary
+from .block import Block, PlainIO, Rotary
+from .masks import causal_mask, default_position_ids
+
+
+class NodeState(IntEnum):
+    """A node's (or receiver's) value under one keep-mask, relative to the two recorded runs."""
+
+    CLEAN = 0  # equals the clean run's
+    CORRUPTED = 1  # equals the corrupted run's
+    CHANGED = 2  # neither: computed
+
+
+CLEAN, CORRUPTED, CHANGED = NodeState.CLEAN.value, NodeState.CORRUPTED.value, NodeState.CHANGED.value
+
+
+def supports_sparse(adapter: Adapter) -> bool:
+    """Whether the adapter's family declares the additive residual the sparse path relies on.
+
+    Only a declaration on the adapter's own class counts, so a family derived from an opted-in
+    one (say a post-norm variant of Llama) falls back to the general path until it opts in.
+    """
+    return bool(type(adapter).__dict__.get("additive_residual", False))
+
+
+@dataclass(frozen=True)
+class StatePlan:
+    """Per-mask node states: ``senders`` ``[K, S]`` and ``receivers`` ``[K, R]`` int8 :class:`NodeState`;
+    ``live`` ``[K, S]`` bool: CHANGED senders whose output some computed receiver reads through a kept
+    edge (the others change nothing the logits see, so they are not computed)."""
+
+    senders: torch.Tensor
+    receivers: torch.Tensor
+    live: torch.Tensor
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """``[K]`` the logits node's state."""
+        return self.receivers[:, -1]
+
+    def changed_nodes(self) -> torch.Tensor:
+        """``[K]`` how many nodes (senders and the logits) each mask makes CHANGED."""
+        return (self.senders == CHANGED).sum(1) + (self.logits == CHANGED)
+
+    def computed_nodes(self) -> torch.Tensor:
+        """``[K]`` how many nodes the sparse forward computes for each mask (live CHANGED senders, logits)."""
+        return self.live.sum(1) + (self.logits == CHANGED)
+
+
+def plan_states(layout: GraphLayout, keep: torch.Tensor) -> StatePlan:
+    """States of every node under binary keep-masks ``[K, E]`` (values 0/1), in topological order."""
+    kd = layout.to_dense(keep.float()) > 0.5  # [K, S, R]
+    valid = layout.valid.to(kd.device)
+    K = kd.shape[0]
+    send = torch.full((K, layout.n_senders), CLEAN, dtype=torch.int8, device=kd.device)
+    recv = torch.full((K, layout.n_receivers), CLEAN, dtype=torch.int8, device=kd.device)
+
+    def read(r0: int, r1: int, n: int) -> torch.Tensor:
+        kept, v, st = kd[:, :n, r0:r1], valid[:n, r0:r1], send[:, :n, None]
+        not_clean = (v & (~kept | (st != CLEAN))).any(1)  # [K, r1-r0]
+        not_corr = (v & kept & (st != CORRUPTED)).any(1)
+        out = torch.where(not_clean, torch.where(not_corr, CHANGED, CORRUPTED), CLEAN).to(torch.int8)
+        recv[:, r0:r1] = out
+        return out
+
+    for layer in range(layout.n_layers):
+        qkv = read(*layout.attn_receivers(layer), layout.senders_before_attn(layer)).view(K, layout.n_heads, 3)
+        heads = torch.where((qkv == CLEAN).all(-1), CLEAN, torch.where((qkv == CORRUPTED).all(-1), CORRUPTED, CHANGED))
+        s0, s1 = layout.head_senders(layer)
+        send[:, s0:s1] = heads.to(torch.int8)
+        r = layout.mlp_receiver(layer)
+        send[:, layout.mlp_sender(layer)] = read(r, r + 1, layout.senders_before_mlp(layer))[:, 0]
+    r = layout.logits_receiver
+    read(r, r + 1, layout.n_senders)
+    return StatePlan(send, recv, live_senders(layout, kd, send, recv))
+
+
+def live_senders(layout: GraphLayout, kd: torch.Tensor, send: torch.Tensor, recv: torch.Tensor) -> torch.Tensor:
+    """``[K, S]`` bool: CHANGED senders read through a kept edge by a computed receiver (a CHANGED
+    receiver of the CHANGED logits or of a live node), found in reverse topological order."""
+    need = torch.zeros_like(recv, dtype=torch.bool)  # [K, R] receivers whose input is computed
+    need[:, -1] = recv[:, -1] == CHANGED
+    live = torch.zeros_like(send, dtype=torch.bool)
+    changed_recv = recv == CHANGED
+
+    def mark(s0: int, s1: int) -> torch.Tensor:
+        read = (kd[:, s0:s1] & need[:, None]).any(-1)  # [K, s1-s0]
+        live[:, s0:s1] = read & (send[:, s0:s1] == CHANGED)
+        return live[:, s0:s1]
+
+    for layer in reversed(range(layout.n_layers)):  # the MLP first: a sequential MLP reads its layer's heads
+        r = layout.mlp_receiver(layer)
+        s = layout.mlp_sender(layer)
+        need[:, r] = mark(s, s + 1)[:, 0] & changed_recv[:, r]
+        r0, r1 = layout.attn_receivers(layer)
+        heads = mark(*layout.head_senders(layer))  # [K, H]
+        need[:, r0:r1] = heads.repeat_interleave(3, 1) & changed_recv[:, r0:r1]
+    return live
+
+
+@dataclass
+class SparseStats:
+    """Counters of the sparse path (a regression to "compute everything" shows here).
+
+    ``masks``: masks evaluated; ``heads`` / ``mlps`` / ``logits``: (mask, node) pairs computed;
+    ``total_heads`` / ``total_mlps``: what a dense masked forward of the same masks computes.
+    """
+
+    masks: int = 0
+    heads: int = 0
+    mlps: int = 0
+    logits: int = 0
+    total_heads: int = 0
+    total_mlps: int = 0
+
+    def computed_share(self) -> float:
+        """Share of the heads and MLPs a dense forward computes that the sparse path computed."""
+        total = self.total_heads + self.total_mlps
+        return (self.heads + self.mlps) / total if total else 0.0
+
+
+@dataclass(frozen=True)
+class SparseBase:
+    """One batch's clean and corrupted runs, as the sparse forward reads them.
+
+    ``z_corr``: ``[S, B, P, d]`` corrupted sender outputs; ``delta``: ``z^clean − z^corr`` ``[S, B, P, d]``;
+    ``resid_corr``: the corrupted residual entering every layer, then the final one (``[B, P, d]``);
+    ``qkv``: per layer, the clean and the corrupted run's q, k, v (``[B, H, P, dh]``, rotary applied);
+    ``at``: ``[B]`` answer positions; ``clean_logits`` / ``corrupted_logits``: ``[B, 1, V]`` there.
+    """
+
+    z_corr: torch.Tensor
+    delta: torch.Tensor
+    resid_corr: list[torch.Tensor]
+    qkv: list[tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]]
+    mask: torch.Tensor  # [B, 1, P, P] bool
+    rot: Rotary
+    at: torch.Tensor
+    clean_logits: torch.Tensor
+    corrupted_logits: torch.Tensor
+    delta_at: torch.Tensor = field(repr=False)  # [S, B, d]: delta at the answer positions
+    final_at: torch.Tensor = field(repr=False)  # [B, d]: the corrupted final residual there
+
+    @classmethod
+    def from_runs(cls, blocks: list[Block], attention_mask: torch.Tensor | None, answer_pos: torch.Tensor,
+                  clean, corrupted) -> SparseBase:
+        """From the clean and corrupted :class:`~circuits.runtime.traced.RunOutput` (both run with
+        ``record=True, record_resid=True, logit_positions=answer_pos``)."""
+        zc, zx = clean.senders, corrupted.senders
+        B, P = zc.shape[1:3]
+        dev = zc.device
+        adapter = blocks[0].adapter
+        rot = adapter.rotary(clean.resid[0], default_position_ids(attention_mask, B, P, dev))
+        qkv = [(layer_qkv(blk, clean.resid[i], rot), layer_qkv(blk, corrupted.resid[i], rot))
+               for i, blk in enumerate(blocks)]
+        at = answer_pos.to(dev).long()
+        rows = torch.arange(B, device=dev)
+        delta = zc - zx
+        return cls(zx, delta, corrupted.resid, qkv, causal_mask(attention_mask, B, P, dev), rot, at,
+                   clean.logits, corrupted.logits, delta[:, rows, at], corrupted.resid[-1][rows, at])
+
+
+def layer_qkv(block: Block, resid: torch.Tensor, rot: Rotary) -> tuple[torch.Tensor, ...]:
+    """q, k, v ``[B, H, P, dh]`` (k/v per query head, rotary applied) of an unpatched layer on ``resid``."""
+    q, k, v = PlainIO().qkv(block, resid, None)
+    if rot is not None:
+        q, k = apply_rotary(q, *rot), apply_rotary(k, *rot)
+    return q, k, v
+
+
+class _Run:
+    """One sparse masked forward of K masks: the CHANGED deltas and how receivers read them."""
+
+    def __init__(self, layout: GraphLayout, base: SparseBase, keep: torch.Tensor, plan: StatePlan) -> None:
+        self.layout, self.base, self.plan = layout, base, plan
+        S, B, P, d = base.z_corr.shape
+        self.kd = layout.to_dense(keep.to(base.delta.dtype))  # [K, S, R] 0/1
+        self.changed = plan.live  # [K, S]: the CHANGED senders computed (and stored)
+        K = self.changed.shape[0]
+        pairs = self.changed.nonzero()  # [N, 2] mask-major, senders in order
+        self.row = torch.full((K, S), -1, dtype=torch.long, device=keep.device)
+        self.row[pairs[:, 0], pairs[:, 1]] = torch.arange(len(pairs), device=keep.device)
+        counts = self.changed.sum(1)
+        self.offset = (torch.cumsum(counts, 0) - counts).tolist()  # first store row of each mask
+        # the CHANGED senders' deltas, mask-major: at most K x S rows, like the general path's buffer
+        self.store = base.delta.new_empty(len(pairs), B, P, d)
+
+    def inputs(self, ks: torch.Tensor, rs: torch.Tensor, n: int, base: torch.Tensor, delta: torch.Tensor,
+               store: torch.Tensor) -> torch.Tensor:
+        """Inputs of receivers ``rs[i]`` under masks ``ks[i]`` (``ks`` sorted) reading senders ``0..n-1``:
+        ``base + Σ_s keep Δ_s`` -> ``[M, *base.shape]``.
+
+        ``base``: the corrupted run's input there; ``delta`` ``[S, ...]`` and ``store`` ``[N, ...]``: the
+        CLEAN senders' and the CHANGED senders' deltas (same trailing shape as ``base``).
+        """
+        flat = base.reshape(1, -1)
+        D, Z = delta.flatten(1), store.flatten(1)
+        out = flat.expand(len(ks), -1).clone()  # [M, numel]
+        masks, counts = torch.unique_consecutive(ks, return_counts=True)
+        a = 0
+        for k, c in zip(masks.tolist(), counts.tolist()):  # masks, not edges
+            o = out[a:a + c]
+            coef = self.kd[k, :n][:, rs[a:a + c]].t()  # [c, n]
+            a += c
+            state = self.plan.senders[k, :n]
+            A = coef * (state == CLEAN)
+            cols = A.any(0).nonzero().flatten()
+            if 2 * len(cols) < n:  # few CLEAN senders read: gather them
+                if len(cols):
+                    o.addmm_(A[:, cols], D[cols])
+            else:
+                o.addmm_(A, D[:n])
+            chg = self.changed[k, :n].nonzero().flatten()  # their deltas: this mask's first store rows
+            if len(chg):
+                o.addmm_(coef[:, chg], Z[self.offset[k]:self.offset[k] + len(chg)])
+        return out.view(len(ks), *base.shape)
+
+    def heads(self, block: Block, stats: SparseStats) -> None:
+        """Compute layer ``block.layer``'s CHANGED (mask, head) pairs and store their deltas."""
+        lay, b, a, layer = self.layout, self.base, block.adapter, block.layer
+        s0, _ = lay.head_senders(layer)
+        r0, r1 = lay.attn_receivers(layer)
+        pairs = self.changed[:, s0:s0 + lay.n_heads].nonzero()  # [Nc, 2]: (mask, head)
+        if not len(pairs):
+            return
+        K, H = self.changed.shape[0], lay.n_heads
+        pk, ph = pairs[:, 0], pairs[:, 1]
+        rstate = self.plan.receivers[:, r0:r1].view(K, H, 3)[pk, ph]  # [Nc, 3]
+        clean, corr = b.qkv[layer]
+        qkv = [torch.where((rstate[:, c] == CORRUPTED)[None, :, None, None], corr[c][:, ph], clean[c][:, ph])
+               for c in range(3)]  # [B, Nc, P, dh] each
+        live = self.changed[:, s0:s0 + H].repeat_interleave(3, 1)  # [K, 3H]
+        recv = ((self.plan.receivers[:, r0:r1] == CHANGED) & live).nonzero()  # [M, 2]: (mask, local receiver)
+        x = self.inputs(recv[:, 0], r0 + recv[:, 1], lay.senders_before_attn(layer), b.resid_corr[layer],
+                        b.delta, self.store)  # [M, B, P, d]
+        head, slot = lay.qkv_slot(recv[:, 1])
+        y = a.project_heads(layer, block.attn_norm(x), head, slot).transpose(0, 1)  # [B, M, P, dh]
+        if b.rot is not None:  # queries and keys are rotated, values are not
+            y = torch.where((slot == 2)[None, :, None, None], y, apply_rotary(y, *b.rot))
+        pid = torch.full((K, H), -1, dtype=torch.long, device=pk.device)
+        pid[pk, ph] = torch.arange(len(pairs), device=pk.device)
+        target = pid[recv[:, 0], head]
+        for c in range(3):
+            sel = slot == c
+            qkv[c][:, target[sel]] = y[:, sel]
+        ctx = a.attend(layer, *qkv, b.mask)  # [B, Nc, P, dh]
+        out = torch.einsum("bnpe,ned->nbpd", ctx, a.attn_weights(layer).W_O[ph])
+        self.store[self.row[pk, s0 + ph]] = out - b.z_corr[s0 + ph]
+        stats.heads += len(pairs)
+
+    def mlp(self, block: Block, stats: SparseStats) -> None:
+        """Compute layer ``block.layer``'s CHANGED MLPs (one per mask that changes it) and store their deltas."""
+        lay, b, layer = self.layout, self.base, block.layer
+        s = lay.mlp_sender(layer)
+        ks = self.changed[:, s].nonzero().flatten()
+        if not len(ks):
+            return
+        base = b.resid_corr[layer] if lay.parallel_attn_mlp else b.resid_corr[layer + 1] - b.z_corr[s]
+        r = torch.full_like(ks, lay.mlp_receiver(layer))
+        x = self.inputs(ks, r, lay.senders_before_mlp(layer), base, b.delta, self.store)  # [m, B, P, d]
+        self.store[self.row[ks, s]] = block.mlp(x) - b.z_corr[s]
+        stats.mlps += len(ks)
+
+    def logits(self, adapter: Adapter, stats: SparseStats) -> torch.Tensor:
+        """Answer-position logits ``[K * B, 1, V]``: recorded for CLEAN / CORRUPTED masks, else computed."""
+        b, state = self.base, self.plan.logits
+        K, B = len(state), len(b.at)
+        out = b.clean_logits.new_empty(K, *b.clean_logits.shape)
+        out[state == CLEAN] = b.clean_logits
+        out[state == CORRUPTED] = b.corrupted_logits
+        ks = (state == CHANGED).nonzero().flatten()
+        if len(ks):
+            store_at = self.store[:, torch.arange(B, device=b.at.device), b.at]  # [N, B, d]
+            r = torch.full_like(ks, self.layout.logits_receiver)
+            x = self.inputs(ks, r, self.layout.n_senders, b.final_at, b.delta_at, store_at)  # [m, B, d]
+            out[ks] = adapter.unembed(x[:, :, None])
+            stats.logits += len(ks)
+        return out.view(K * B, 1, -1)
+
+
+def sparse_logits(blocks: list[Block], layout: GraphLayout, base: SparseBase, keep: torch.Tensor,
+                  stats: SparseStats | None = None) -> torch.Tensor:
+    """Answer-position logits ``[K * B, 1, V]`` (mask-major) under binary keep-masks ``[K, E]``, computing
+    only the CHANGED nodes; equal to ``TracedModel.run(clean, patch=Patch(keep, z_corr), logit_positions=at)``.
+    """
+    keep = keep[None] if keep.dim() == 1 else keep
+    stats = SparseStats() if stats is None else stats
+    plan = plan_states(layout, keep.to(base.delta.device))
+    run = _Run(layout, base, keep.to(base.delta.device), plan)
+    with torch.no_grad():
+        for block in blocks:
+            run.heads(block, stats)
+            run.mlp(block, stats)
+        out = run.logits(blocks[0].adapter, stats)
+    stats.masks += keep.shape[0]
+    stats.total_heads += keep.shape[0] * layout.n_layers * layout.n_heads
+    stats.total_mlps += keep.shape[0] * layout.n_layers
+    return out

@@ -1,0 +1,143 @@
+"""The sparse masked forward (circuits/runtime/sparse.py) equals the general patched forward."""
+
+import pytest
+import torch
+from tiny_models import FAMILIES, random_batch, sensitive_llama, tiny_model
+
+from circuits import Patch, TracedModel
+from circuits.patching import PatchRunner
+from circuits.runtime.sparse import CHANGED, CLEAN, CORRUPTED, SparseBase, SparseStats, plan_states, sparse_logits
+from circuits.tasks.base import Batch
+
+TOL = 1e-5
+
+
+def recorded(tm: TracedModel, clean, corr, mask, at):
+    with torch.no_grad():
+        c = tm.run(clean, mask, record=True, record_resid=True, logit_positions=at)
+        x = tm.run(corr, mask, record=True, record_resid=True, logit_positions=at)
+    return SparseBase.from_runs(tm.blocks, mask, at, c, x), x.senders
+
+
+def layer_masks(tm: TracedModel) -> torch.Tensor:
+    """Masks whose layers are wholly clean or corrupted: keep every edge into layer 0 only, into
+    every layer but the first, into the logits only; keep every edge from ``input`` only."""
+    lay = tm.layout
+    rl = lay.receiver_layer[lay.edge_receiver]  # [E] layer each edge goes into
+    from_input = (lay.edge_sender == 0).float()
+    return torch.stack([(rl == 0).float(), (rl >= 1).float(), (rl == lay.n_layers).float(), from_input])
+
+
+def all_masks(tm: TracedModel, seed: int = 0) -> torch.Tensor:
+    """Random masks at several densities, nested top-k masks, all kept, none kept, layer masks."""
+    E = tm.layout.n_edges
+    g = torch.Generator().manual_seed(seed)
+    rand = (torch.rand(4, E, generator=g) < torch.tensor([0.5, 0.9, 0.05, 0.01])[:, None]).float()
+    order = torch.randperm(E, generator=g)
+    nested = torch.zeros(4, E)
+    for i, n in enumerate((1, E // 100 + 1, E // 10, E // 2)):
+        nested[i, order[:n]] = 1.0
+    return torch.cat([rand, nested, torch.ones(1, E), torch.zeros(1, E), layer_masks(tm)])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sparse_equals_general_patched_forward(family):
+    tm = TracedModel(tiny_model(family))
+    clean, corr, mask = random_batch(B=3, P=9)  # left-padded rows 1 and 2
+    at = torch.tensor([8, 8, 8])
+    base, reference = recorded(tm, clean, corr, mask, at)
+    keep = all_masks(tm)
+    stats = SparseStats()
+    sparse = sparse_logits(tm.blocks, tm.layout, base, keep, stats)
+    with torch.no_grad():
+        general = tm.run(clean, mask, patch=Patch(keep, reference), logit_positions=at).logits
+    assert sparse.shape == general.shape
+    assert (sparse - general).abs().max() <= TOL
+    # the masks do change the output: an error in what the sparse path recomputes would show
+    assert (general.view(len(keep), 3, -1) - base.clean_logits.view(1, 3, -1)).abs().amax((1, 2)).max() > 1e-3
+    assert 0 < stats.heads < stats.total_heads
+
+
+def test_states_of_simple_masks():
+    tm = TracedModel(tiny_model("gpt2"))
+    lay = tm.layout
+    E = lay.n_edges
+    plan = plan_states(lay, torch.stack([torch.ones(E), torch.zeros(E)]))
+    assert bool((plan.senders[0] == CLEAN).all()) and bool((plan.receivers[0] == CLEAN).all())
+    assert bool((plan.senders[1, 1:] == CORRUPTED).all()) and int(plan.senders[1, 0]) == CLEAN  # input is clean
+    # edges into layer 0 only: layer 0 clean, then every later receiver reads corrupted values only
+    # except through removed edges from clean senders -> corrupted
+    plan = plan_states(lay, layer_masks(tm)[:1])
+    s0, s1 = lay.head_senders(0)
+    assert bool((plan.senders[0, s0:s1] == CLEAN).all())
+    assert bool((plan.senders[0, lay.head_senders(1)[0]:] == CORRUPTED).all())
+    # one edge a0.h0 -> a1.h1<k> kept: nothing but input is clean, so a1.h1 reads corrupted values
+    keep = torch.zeros(1, E)
+    keep[0, lay.edge_index("input->a0.h0<q>")] = 1
+    plan = plan_states(lay, keep)
+    assert int(plan.senders[0, lay.sender_index("a0.h0")]) == CHANGED
+    assert int(plan.changed_nodes()[0]) == 1
+    assert int(plan.computed_nodes()[0]) == 0  # nothing reads a0.h0 through a kept edge
+
+
+def test_sparse_computes_only_what_the_circuit_touches():
+    """A regression to 'compute every node for every mask' fails here."""
+    tm = TracedModel(tiny_model("gpt2"))
+    lay = tm.layout
+    clean, corr, mask = random_batch(B=2, P=7)
+    at = torch.tensor([6, 6])
+    base, reference = recorded(tm, clean, corr, mask, at)
+    keep = torch.zeros(2, lay.n_edges)
+    keep[0, lay.edge_index(["input->a0.h1<v>", "a0.h1->m1", "m1->logits"])] = 1  # a0.h1, m1, logits change
+    keep[1, lay.edge_index(["input->m0"])] = 1  # m0 changes, but no kept edge reads it: corrupted logits
+    stats = SparseStats()
+    out = sparse_logits(tm.blocks, lay, base, keep, stats)
+    assert plan_states(lay, keep).changed_nodes().tolist() == [3, 1]  # a0.h1, m1, logits; m0
+    assert (stats.heads, stats.mlps, stats.logits) == (1, 1, 1)  # m0 is not read: not computed
+    with torch.no_grad():
+        general = tm.run(clean, mask, patch=Patch(keep, reference), logit_positions=at).logits
+    assert (out - general).abs().max() <= TOL
+
+
+def batch_of(clean, corr, mask, P):
+    B = len(clean)
+    g = torch.Generator().manual_seed(3)
+    return Batch(clean, corr, mask, torch.randint(0, 97, (B, 1), generator=g), torch.randint(0, 97, (B, 1), generator=g),
+                 torch.full((B,), P - 1))
+
+
+@pytest.mark.parametrize("ablation", ["patching", "mean"])
+def test_runner_sparse_equals_general(ablation):
+    """PatchRunner.evaluate with and without the sparse path: KL and logit difference agree; mean
+    ablation falls back to the general path (nothing counted)."""
+    model = sensitive_llama()
+    clean, corr, mask = random_batch(B=4, P=8)
+    b = batch_of(clean, corr, mask, 8)
+    kw = dict(ablation=ablation, max_rows=12)  # 3 masks per forward: several chunks
+    fast = PatchRunner(model, [b], "kl_div", sparse=True, **kw)
+    slow = PatchRunner(model, [b], "kl_div", sparse=False, **kw)
+    keep = all_masks(fast.tm, seed=1)
+    keep = torch.cat([keep, 0.5 * keep[:1]])  # a fractional mask: the general path
+    metrics = {"kl": "kl_div", "ld": "logit_diff"}
+    a, c = fast.evaluate(keep, metrics), slow.evaluate(keep, metrics)
+    for k in metrics:
+        assert torch.allclose(a[k], c[k], atol=1e-5, rtol=1e-5)
+    assert float(a["kl"].max()) > 1e-2  # the metric sees the masks
+    if ablation == "patching":
+        assert 0 < fast.sparse_stats.masks <= len(keep) - 1  # not the fractional one
+    else:
+        assert fast.sparse_stats.masks == 0
+    assert slow.sparse_stats.masks == 0
+
+
+def test_adapter_must_opt_in():
+    """A family derived from an opted-in one falls back until it declares additive_residual itself."""
+    from circuits.models.llama import LlamaAdapter
+    from circuits.runtime.sparse import supports_sparse
+
+    class PostNorm(LlamaAdapter):
+        pass
+
+    tm = TracedModel(tiny_model("llama"))
+    assert supports_sparse(tm.adapter)
+    assert not supports_sparse(PostNorm(tm.model))
