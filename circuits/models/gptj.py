@@ -13,6 +13,7 @@ from .base import Adapter, AttnWeights, linear_heads, linear_out_heads
 class GPTJAdapter(Adapter):
     family = "gptj"
     model_types = ("gptj",)
+    additive_residual = True  # the sparse masked forward applies (see Adapter.additive_residual)
     blocks_path = "transformer.h"
     final_norm_path = "transformer.ln_f"
     attn_norm_name = mlp_norm_name = "ln_1"  # the MLP reads the attention's normalised input

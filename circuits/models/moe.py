@@ -11,3 +11,4 @@ from .llama import LlamaAdapter
 class MoEAdapter(LlamaAdapter):
     family = "moe"
     model_types = ("mixtral", "qwen2_moe")
+    additive_residual = True  # the sparse masked forward applies (see Adapter.additive_residual)

@@ -20,6 +20,7 @@ from .llama import LlamaAdapter
 class OlmoeAdapter(LlamaAdapter):
     family = "olmoe"
     model_types = ("olmoe",)
+    additive_residual = True  # the sparse masked forward applies (see Adapter.additive_residual)
     linear_qkv = False
 
     def attn_window(self, layer: int) -> int | None:
@@ -38,7 +39,7 @@ class OlmoeAdapter(LlamaAdapter):
         """``t`` [B, P, G*dh] -> ``[B, G, P, dh]``; per query head (``t`` [H, B, P, G*dh]), row h's own
         head or group -> ``[B, H, P, dh]``."""
         dh = self.head_dim
-        t = t.view(*t.shape[:-1], -1, dh)  # [..., P, G, dh]
+        t = t.view(*t.shape[:-1], t.shape[-1] // dh, dh)  # [..., P, G, dh] (G explicit: t may be empty)
         if not per_head:
             return t.transpose(1, 2)
         H, G = t.shape[0], t.shape[-2]
@@ -53,7 +54,8 @@ class OlmoeAdapter(LlamaAdapter):
         return tuple(out)
 
     def project_heads(self, layer: int, x: torch.Tensor, heads: torch.Tensor, comp: torch.Tensor) -> torch.Tensor:
-        q, k, v = (t.view(*t.shape[:-1], -1, self.head_dim) for t in self._full(layer, x))  # [m, B, P, G, dh]
+        q, k, v = (t.view(*t.shape[:-1], t.shape[-1] // self.head_dim, self.head_dim)
+                   for t in self._full(layer, x))  # [m, B, P, G, dh]; m may be 0
         m = torch.arange(len(heads), device=x.device)
         kv = heads // (self.n_heads // self.n_kv_heads)
         c = comp[:, None, None, None]

@@ -12,6 +12,7 @@ from .llama import LlamaAdapter
 class Phi3Adapter(LlamaAdapter):
     family = "phi3"
     model_types = ("phi3",)
+    additive_residual = True  # the sparse masked forward applies (see Adapter.additive_residual)
 
     @classmethod
     def check_config(cls, config: Any) -> None:

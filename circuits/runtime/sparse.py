@@ -40,7 +40,7 @@ from enum import IntEnum
 import torch
 
 from ..graph import GraphLayout
-from ..models.base import Adapter, apply_rotary
+from ..models.base import Adapter
 from .block import Block, PlainIO, Rotary
 from .masks import causal_mask, default_position_ids
 
@@ -206,7 +206,7 @@ def layer_qkv(block: Block, resid: torch.Tensor, rot: Rotary) -> tuple[torch.Ten
     """q, k, v ``[B, H, P, dh]`` (k/v per query head, rotary applied) of an unpatched layer on ``resid``."""
     q, k, v = PlainIO().qkv(block, resid, None)
     if rot is not None:
-        q, k = apply_rotary(q, *rot), apply_rotary(k, *rot)
+        q, k = block.adapter.rotate(q, *rot), block.adapter.rotate(k, *rot)
     return q, k, v
 
 
@@ -278,7 +278,7 @@ class _Run:
         head, slot = lay.qkv_slot(recv[:, 1])
         y = a.project_heads(layer, block.attn_norm(x), head, slot).transpose(0, 1)  # [B, M, P, dh]
         if b.rot is not None:  # queries and keys are rotated, values are not
-            y = torch.where((slot == 2)[None, :, None, None], y, apply_rotary(y, *b.rot))
+            y = torch.where((slot == 2)[None, :, None, None], y, a.rotate(y, *b.rot))
         pid = torch.full((K, H), -1, dtype=torch.long, device=pk.device)
         pid[pk, ph] = torch.arange(len(pairs), device=pk.device)
         target = pid[recv[:, 0], head]
