@@ -6,7 +6,7 @@ runs are computed once per batch when the runner is built; masks go through the 
 ``max_rows // B`` at a time stacked in the batch dimension (``K * B`` rows per forward).
 Identical masks are evaluated once; the all-kept mask takes the clean run's logits and,
 when removed edges read the corrupted run, the all-removed mask takes the corrupted run's
-(both identities are tested in tests/runtime/test_traced.py). Chunks of binary masks under
+(both identities are tested in tests/test_runtime.py). Chunks of binary masks under
 ``patching`` ablation go through the sparse masked forward (:mod:`circuits.runtime.sparse`, which
 computes only the nodes a mask changes, from both runs recorded here) where the model's family
 declares ``additive_residual``; everything else through ``TracedModel.run(..., patch=...)``.
