@@ -98,6 +98,7 @@ def test_cli_names_match_the_engine():
     assert cli.IG_METHODS == IG_METHODS
     assert cli.DISCOVER_OUTPUTS == pipeline.OUTPUTS
     assert cli.MAX_DIAGRAM_EDGES == pipeline.MAX_DIAGRAM_EDGES
+    assert cli.MAX_EXPLORER_EDGES == pipeline.MAX_EXPLORER_EDGES
     assert set(cli.DATA_FORMATS + cli.DRAWING_FORMATS) == set(formats.FORMATS)
     assert cli.LOADABLE == formats.LOADABLE
     assert list(TASK_INFO) == list(TASKS)

@@ -37,6 +37,7 @@ from .parser import (
     INSTALL_GRAPHVIZ,
     LOADABLE,
     MAX_DIAGRAM_EDGES,
+    MAX_EXPLORER_EDGES,
     METHODS,
     METRICS,
     PLOT_FORMATS,
@@ -47,7 +48,8 @@ from .preflight import RESTORE
 
 __all__ = [
     "ABLATIONS", "DATA_FORMATS", "DEFAULTS", "DISCOVER_OUTPUTS", "DRAWING_FORMATS", "DTYPES", "IG_METHODS",
-    "INSTALL_GRAPHVIZ", "LOADABLE", "MAX_DIAGRAM_EDGES", "METHODS", "METRICS", "PLOT_FORMATS", "SUFFIX_ALIASES",
+    "INSTALL_GRAPHVIZ", "LOADABLE", "MAX_DIAGRAM_EDGES", "MAX_EXPLORER_EDGES",
+    "METHODS", "METRICS", "PLOT_FORMATS", "SUFFIX_ALIASES",
     "USER_ERRORS", "UsageError", "build_parser", "cmd_discover", "cmd_evaluate", "cmd_models", "cmd_patch",
     "cmd_render", "cmd_tasks", "main",
 ]

@@ -30,7 +30,7 @@ from ..graph import Graph, head_of, node_layer
 from ..io import atomic_write_text, check_target
 from .diagram import GROUP_BORDERS, GROUP_FILLS, NEGATIVE, NEUTRAL, POSITIVE, default_title, node_kind, node_stage
 
-__all__ = ["EXPLORER_TOP", "MAX_EXPLORER_EDGES", "explorer_data", "explorer_page", "render_explorer", "edge_ranks"]
+__all__ = ["EXPLORER_TOP", "MAX_EXPLORER_EDGES", "explorer_data", "explorer_page", "render_explorer", "edge_ranks", "page_data"]
 
 EXPLORER_TOP = 2000
 """Default number of top-ranked edges embedded for the slider (the circuit's edges are always embedded)."""
@@ -38,6 +38,7 @@ MAX_EXPLORER_EDGES = 2000
 """Circuits with more edges than this are refused unless ``force`` (the page is made for this many)."""
 ROW_HEIGHT, COLUMN_WIDTH, MARGIN = 64.0, 72.0, 40.0
 _STATIC = ("explorer.css", "explorer.js")
+_DATA_TAG = '<script id="circuit-data" type="application/json">'
 
 
 def edge_ranks(graph: Graph, absolute: bool = True) -> torch.Tensor:
@@ -194,6 +195,12 @@ def _static(name: str) -> str:
     return resources.files("circuits.render").joinpath("static", name).read_text(encoding="utf-8")
 
 
+def page_data(page: str) -> dict[str, Any]:
+    """The data embedded in an explorer page (the text of the file :func:`render_explorer` wrote)."""
+    start = page.index(_DATA_TAG) + len(_DATA_TAG)
+    return json.loads(page[start:page.index("</script>", start)])
+
+
 def _script_json(data: Mapping[str, Any]) -> str:
     """JSON safe inside ``<script>``: no ``<``, ``>`` or ``&`` (so no ``</script>``), no NaN."""
     text = json.dumps(data, allow_nan=False, separators=(",", ":"))
@@ -215,7 +222,7 @@ def explorer_page(graph: Graph, *, max_edges: int = MAX_EXPLORER_EDGES, force: b
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{html.escape(data['title'])}</title>\n<style>\n{css}</style>\n</head>\n<body>\n"
-        f"<script id=\"circuit-data\" type=\"application/json\">{_script_json(data)}</script>\n"
+        f"{_DATA_TAG}{_script_json(data)}</script>\n"
         f"<script>\n{js}</script>\n</body>\n</html>\n"
     )
 

@@ -318,6 +318,9 @@
   search.addEventListener("input", () => { state.query = search.value; applySearch(); if (!state.query) highlight(); });
   fitBtn.addEventListener("click", fit);
   api.redraw = redraw;
+  api.label = (key) => { const d = current.get(key); return N[d.s].name + "->" + N[d.r].name + (d.slot ? "<" + d.slot + ">" : ""); };
+  api.drawnNames = () => api.drawn.map((d) => api.label(d.key));
+  api.highlightedNames = () => api.highlighted.map(api.label);
   fit();
   redraw();
 })();
