@@ -226,7 +226,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 def _explorer_curve(args: argparse.Namespace, graph: Any) -> Any:
     """The curve the explorer's slider reads: ``--report``'s (checked), else a sibling report.json's
     when it holds a curve of this graph's edge count (sets ``args.report``), else None."""
-    from ..evaluation import CircuitReport
+    from ..evaluation import Curve
 
     given = args.report is not None
     path = Path(args.report) if given else Path(args.circuit).parent / "report.json"
@@ -239,9 +239,10 @@ def _explorer_curve(args: argparse.Namespace, graph: Any) -> Any:
             raise
         print(f"warning: {one_line(str(err))}; the explorer shows no curve", file=sys.stderr)
         return None
+    found = data.get("curve") if isinstance(data, dict) else None
     try:
-        curve = CircuitReport.from_dict(data).curve if isinstance(data, dict) else None
-    except (TypeError, ValueError, KeyError):
+        curve = Curve.from_dict(found) if isinstance(found, dict) else None
+    except (TypeError, ValueError):
         curve = None
     problem = None
     if curve is None:

@@ -135,14 +135,15 @@
     const drawn = drawnEdges(selectedEdges());
     let maxAbs = 0;
     for (const d of drawn) if (Number.isFinite(d.score)) maxAbs = Math.max(maxAbs, Math.abs(d.score));
-    const next = new Map();
+    const next = new Map(), added = document.createDocumentFragment();
     for (const d of drawn) {
       let p = pool.get(d.key);
       if (!p) { p = pathFor(d); pool.set(d.key, p); }
-      if (!current.has(d.key)) edgesG.appendChild(p);
+      if (!current.has(d.key)) added.appendChild(p);
       setStyle(p, d, maxAbs);
       next.set(d.key, d);
     }
+    edgesG.appendChild(added);
     for (const key of current.keys()) if (!next.has(key)) pool.get(key).remove();
     current = next;
     const visible = new Uint8Array(nN);
