@@ -247,3 +247,16 @@ def test_explorer_2000_edges_in_chromium(browser, tmp_path):
     timings["merge"] = browser.eval("window.explorer.lastRedrawMs")
     print(f"\nexplorer redraw times (ms, in-page performance.now(), {g.n_edges} edges): {timings}")
     assert browser.errors() == []
+
+
+def test_static_files_are_package_data():
+    """An installed package has the page's script and style: pyproject's package-data globs cover them."""
+    import fnmatch
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["circuits.render"]
+    static = sorted(p.relative_to(root / "circuits" / "render").as_posix() for p in (root / "circuits/render/static").iterdir())
+    assert static == ["static/explorer.css", "static/explorer.js"]
+    assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in static)
