@@ -2,7 +2,7 @@
 
 ``chromium --headless --remote-debugging-pipe`` reads protocol messages (JSON, each ended by a
 NUL byte) from its file descriptor 3 and writes replies and events to descriptor 4. The pipes are
-passed with ``pass_fds`` and moved to 3 and 4 by ``/bin/sh``'s redirections. Standard library only:
+passed with ``pass_fds`` and moved to 3 and 4 by a few lines of Python run before the browser. Standard library only:
 nothing is downloaded, no port is opened.
 """
 
@@ -14,10 +14,25 @@ import os
 import select
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+# Put the two pipe ends on descriptors 3 and 4, then become the browser. (A shell's `3<&N` cannot
+# do it: dash, Debian's /bin/sh, accepts only single-digit descriptors.) Copies go above 9 first so
+# that moving one end cannot overwrite the other.
+_ON_FDS_3_AND_4 = """import fcntl, os, sys
+fds = [int(a) for a in sys.argv[1:3]]
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds]
+for fd in fds:
+    os.close(fd)
+os.dup2(high[0], 3)
+os.dup2(high[1], 4)
+for fd in high:
+    os.close(fd)
+os.execv(sys.argv[3], sys.argv[3:])
+"""
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -44,10 +59,11 @@ class Browser:
         args = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
                 "--disable-extensions", "--mute-audio", f"--user-data-dir={profile}", "--remote-debugging-pipe",
                 f"--window-size={width},{height}", "about:blank"]
-        self.proc = subprocess.Popen(
-            ["/bin/sh", "-c", f'exec "$0" "$@" 3<&{to_child_r} 4>&{from_child_w}', *args],
-            pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
+        self.log = Path(profile) / "chromium.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _ON_FDS_3_AND_4, str(to_child_r), str(from_child_w), *args],
+                pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         os.close(to_child_r)
         os.close(from_child_w)
         self._buf = b""
@@ -67,7 +83,8 @@ class Browser:
                 raise CDPError("timed out waiting for Chromium")
             chunk = os.read(self._from_child, 1 << 20)
             if not chunk:
-                raise CDPError("Chromium closed the pipe")
+                tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+                raise CDPError(f"Chromium closed the pipe (exit code {self.proc.poll()}); its log ends:\n{tail}")
             self._buf += chunk
         raw, self._buf = self._buf.split(b"\0", 1)
         return json.loads(raw)

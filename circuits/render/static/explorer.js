@@ -25,7 +25,10 @@
   }
   const header = el("header", {}, document.body);
   el("h1", {}, header).textContent = D.title;
-  el("div", { class: "meta" }, header).textContent = Object.keys(D.meta).map((k) => k + ": " + D.meta[k]).join(" · ");
+  el("div", { class: "meta" }, header).textContent = Object.keys(D.meta).map((k) => {
+    const v = D.meta[k];
+    return k + ": " + (typeof v === "number" && !Number.isInteger(v) ? v.toPrecision(4) : v);
+  }).join(" · ");
   const controls = el("div", { id: "controls" }, header);
   const sliderLabel = el("label", {}, controls);
   sliderLabel.append("top ");
