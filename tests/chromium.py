@@ -59,6 +59,7 @@ class Browser:
         args = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
                 "--disable-extensions", "--mute-audio", f"--user-data-dir={profile}", "--remote-debugging-pipe",
                 f"--window-size={width},{height}", "about:blank"]
+        Path(profile).mkdir(parents=True, exist_ok=True)
         self.log = Path(profile) / "chromium.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(

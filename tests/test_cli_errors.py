@@ -499,6 +499,8 @@ def test_big_circuit_skips_the_diagram_only(tmp_path):
     assert all(ln.startswith("warning: ") for ln in warnings_), r.stderr
     assert {"scores.pt", "circuit.json", "report.json"} <= {p.name for p in out.iterdir()}
     assert not (out / "circuit.svg").exists()
+    assert any("explorer skipped" in ln and "2461" in ln for ln in warnings_), r.stderr  # above 2,000 edges
+    assert not (out / "circuit.html").exists()
     assert "2461 of 2461" in r.stdout and "report.json" in r.stdout
 
 
