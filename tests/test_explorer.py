@@ -208,6 +208,11 @@ def test_explorer_in_chromium(browser, tmp_path):
     browser.type_text("a1.")
     nodes = {x for n in drawn for x in re.sub(r"<.>", "", n).split("->")}
     assert sorted(browser.eval("window.explorer.matches")) == sorted(n for n in nodes if "a1." in n)
+    full = browser.eval("document.getElementById('view').getAttribute('viewBox')")
+    browser.call("Input.dispatchKeyEvent", {"type": "keyDown", "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13})
+    assert browser.eval("document.getElementById('view').getAttribute('viewBox')") != full  # Enter zooms to the matches
+    browser.click(*centre_of(browser, "#fit"))
+    assert browser.eval("document.getElementById('view').getAttribute('viewBox')") == full
     # toggles: merged q/k/v, then collapsed heads, as the static diagram merges them
     browser.click(*centre_of(browser, "#merge"))
     assert set(browser.eval("window.explorer.drawnNames()")) == drawn_names(top, merge_qkv=True)

@@ -45,7 +45,7 @@
   collapseBox.parentNode.append(" collapse heads");
   mergeBox.checked = state.merge;
   collapseBox.checked = state.collapse;
-  const search = el("input", { id: "search", type: "search", placeholder: "find node (a1.h2, m0)" }, controls);
+  const search = el("input", { id: "search", type: "search", placeholder: "find node (Enter: zoom to it)" }, controls);
   const fitBtn = el("button", { id: "fit", type: "button" }, controls);
   fitBtn.textContent = "fit";
   const legend = el("span", { id: "legend" }, controls);
@@ -240,10 +240,11 @@
   function applySearch() {
     const q = state.query.trim().toLowerCase();
     api.matches = [];
+    api.matchIndex = [];
     for (let i = 0; i < nN; i++) {
       const hit = q !== "" && api.visible[i] === 1 && N[i].name.toLowerCase().includes(q);
       nodeEls[i].classList.toggle("match", hit);
-      if (hit) api.matches.push(N[i].name);
+      if (hit) { api.matches.push(N[i].name); api.matchIndex.push(i); }
     }
     svg.classList.toggle("searching", q !== "");
     if (q !== "") status.textContent = "search “" + state.query.trim() + "”: " + api.matches.length + " drawn node" +
@@ -278,6 +279,13 @@
   let vb = null;
   function setView(v) { vb = v; svg.setAttribute("viewBox", v.x + " " + v.y + " " + v.w + " " + v.h); }
   function fit() { setView({ x: 0, y: 0, w: D.width, h: D.height }); }
+  function zoomTo(idx) {  // the view around these nodes (at least a few rows and columns)
+    if (!idx.length) return;
+    const xs = idx.map((i) => N[i].x), ys = idx.map((i) => N[i].y);
+    const x0 = Math.min(...xs) - 80, x1 = Math.max(...xs) + 80, y0 = Math.min(...ys) - 60, y1 = Math.max(...ys) + 60;
+    const w = Math.max(x1 - x0, 320), h = Math.max(y1 - y0, 240);
+    setView({ x: (x0 + x1 - w) / 2, y: (y0 + y1 - h) / 2, w: w, h: h });
+  }
   function toSvg(ev) {
     const pt = svg.createSVGPoint();
     pt.x = ev.clientX; pt.y = ev.clientY;
@@ -320,6 +328,7 @@
   mergeBox.addEventListener("change", () => { state.merge = mergeBox.checked; state.selected = null; redraw(); });
   collapseBox.addEventListener("change", () => { state.collapse = collapseBox.checked; state.selected = null; redraw(); });
   search.addEventListener("input", () => { state.query = search.value; applySearch(); if (!state.query) highlight(); });
+  search.addEventListener("keydown", (ev) => { if (ev.key === "Enter") zoomTo(api.matchIndex); });
   fitBtn.addEventListener("click", fit);
   api.redraw = redraw;
   api.label = (key) => { const d = current.get(key); return N[d.s].name + "->" + N[d.r].name + (d.slot ? "<" + d.slot + ">" : ""); };
