@@ -180,7 +180,8 @@ def _add_discover(command: _Command) -> None:
     d.add_argument("--out", required=True, metavar="FOLDER", help="output folder (written all or nothing)")
     d.add_argument("--force", action="store_true", help="overwrite results already in --out")
     d.add_argument("--force-render", action="store_true",
-                   help=f"draw circuits of more than {MAX_DIAGRAM_EDGES} edges too")
+                   help=f"draw circuits of more than {MAX_DIAGRAM_EDGES} edges too (and write circuit.html, the "
+                        f"explorer, above {MAX_EXPLORER_EDGES})")
 
 
 def _add_evaluate(command: _Command) -> None:
@@ -208,7 +209,7 @@ def _add_render(command: _Command) -> None:
     ))
     r.add_argument("circuit", metavar="FILE", help="circuit file (circuit.json, .graphml, .gexf, .csv)")
     r.add_argument("--out", required=True, metavar="FILE",
-                   help="output file: .svg .png .pdf .html .dot (drawings) or .json .graphml .gexf .csv (data)")
+                   help="output file: .svg .png .pdf .dot (drawings), .html (the interactive explorer) or .json .graphml .gexf .csv (data)")
     r.add_argument("--format", default=None, choices=DATA_FORMATS + DRAWING_FORMATS,
                    help="format to write (default: from --out's suffix)")
     r.add_argument("--merge-qkv", action="store_true", help="one edge per head instead of q/k/v edges (drawings only)")
