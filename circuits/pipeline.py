@@ -30,7 +30,8 @@ from .graph import Graph, Scoring
 from .models import graph_for
 from .parallel import Parallel, world
 from .patching import PatchRunner, acdc, exact_edge_effects
-from .render import plot_curves, render
+from .render import plot_curves, render, render_explorer
+from .render.explorer import MAX_EXPLORER_EDGES
 from .scores import METHODS, attribute, edge_pruning
 from .scores.attribution import IG_METHODS
 from .tasks import Task
@@ -47,8 +48,11 @@ EDGE_PRUNING_SHARE = 0.05
 """Edge pruning's target size when only a faithfulness target is given: this share of the edges
 (the learned ranking is then cut at the smallest size meeting the target)."""
 
-OUTPUTS: tuple[str, ...] = ("scores.pt", "circuit.json", "circuit.svg", "circuit.png", "curve.png", "curve.svg", "report.json")
-"""Files :func:`write_outputs` may write (the diagrams need Graphviz; the curve may be skipped)."""
+OUTPUTS: tuple[str, ...] = ("scores.pt", "circuit.json", "circuit.svg", "circuit.png", "circuit.html", "curve.png", "curve.svg",
+                            "report.json")
+"""Files :func:`write_outputs` may write (the diagrams need Graphviz; the curve may be skipped).
+``circuit.html`` is the interactive explorer (:func:`circuits.render.render_explorer`): it needs
+no Graphviz and its slider reads the curve when there is one."""
 
 MAX_DIAGRAM_EDGES = 500
 """Circuits larger than this are not drawn unless forced: the diagram would be unreadable."""
@@ -267,6 +271,11 @@ def _write_all(found: Discovery, folder: Path, force_render: bool, title: str) -
                folder / "scores.pt")
     found.circuit.save_json(folder / "circuit.json")
     n = found.circuit.n_circuit_edges
+    if n > MAX_EXPLORER_EDGES and not force_render:
+        notes.append(f"explorer skipped: the circuit has {n} edges (more than {MAX_EXPLORER_EDGES}); "
+                     "pass --force-render to write circuit.html anyway")
+    else:
+        render_explorer(found.circuit, folder / "circuit.html", curve=found.curve, force=True)
     if n > MAX_DIAGRAM_EDGES and not force_render:
         notes.append(f"diagram skipped: the circuit has {n} edges (more than {MAX_DIAGRAM_EDGES}); "
                      "pass --force-render to draw it anyway")

@@ -9,6 +9,7 @@ import torch
 
 from circuits.cli import main
 from circuits.pipeline import OUTPUTS as DISCOVER_OUTPUTS
+from circuits.render.explorer import page_data
 
 MODEL = "stories260k"
 TASK = ["--task", "pronoun"]
@@ -39,6 +40,13 @@ def test_discover_writes_every_output(tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
     # re-render and evaluate the saved circuit
     assert main(["render", str(out / "circuit.json"), "--out", str(tmp_path / "c.dot")]) == 0
+    # the explorer: discover's circuit.html and render's .html both carry the run's curve (from report.json)
+    assert main(["render", str(out / "circuit.json"), "--out", str(tmp_path / "x.html")]) == 0
+    assert f"curve from {out / 'report.json'}" in capsys.readouterr().out
+    finite = [f for f in report["curve"]["faithfulness"] if f is not None]
+    for page in (out / "circuit.html", tmp_path / "x.html"):
+        data = page_data(page.read_text())
+        assert data["curve"]["faithfulness"] == finite and data["circuit_edges"] == report["n_edges"]
     assert main(["evaluate", "--model", MODEL, *TASK, "--circuit", str(out / "circuit.json"), "--n-examples", "16"]) == 0
 
 

@@ -98,6 +98,7 @@ def test_cli_names_match_the_engine():
     assert cli.IG_METHODS == IG_METHODS
     assert cli.DISCOVER_OUTPUTS == pipeline.OUTPUTS
     assert cli.MAX_DIAGRAM_EDGES == pipeline.MAX_DIAGRAM_EDGES
+    assert cli.MAX_EXPLORER_EDGES == pipeline.MAX_EXPLORER_EDGES
     assert set(cli.DATA_FORMATS + cli.DRAWING_FORMATS) == set(formats.FORMATS)
     assert cli.LOADABLE == formats.LOADABLE
     assert list(TASK_INFO) == list(TASKS)
@@ -498,6 +499,8 @@ def test_big_circuit_skips_the_diagram_only(tmp_path):
     assert all(ln.startswith("warning: ") for ln in warnings_), r.stderr
     assert {"scores.pt", "circuit.json", "report.json"} <= {p.name for p in out.iterdir()}
     assert not (out / "circuit.svg").exists()
+    assert any("explorer skipped" in ln and "2461" in ln for ln in warnings_), r.stderr  # above 2,000 edges
+    assert not (out / "circuit.html").exists()
     assert "2461 of 2461" in r.stdout and "report.json" in r.stdout
 
 

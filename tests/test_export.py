@@ -117,10 +117,10 @@ def test_exports_work_without_dot_binary(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(empty))
     assert shutil.which("dot") is None
     g = scored_graph()
-    for fmt in ("json", "graphml", "gexf", "csv", "dot"):
+    for fmt in ("json", "graphml", "gexf", "csv", "dot", "html"):  # html: the explorer, drawn by the browser
         assert X.save(g, tmp_path / "out" / f"c.{fmt}").stat().st_size > 0
     assert_same(g, X.load(tmp_path / "out" / "c.graphml"))
-    for fmt in ("svg", "png", "html"):
+    for fmt in ("svg", "png"):
         with pytest.raises(RuntimeError, match="apt-get install graphviz"):
             X.save(g, tmp_path / "out" / f"c.{fmt}")
         assert not (tmp_path / "out" / f"c.{fmt}").exists()

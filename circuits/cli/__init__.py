@@ -38,6 +38,7 @@ from .parser import (
     INSTALL_GRAPHVIZ,
     LOADABLE,
     MAX_DIAGRAM_EDGES,
+    MAX_EXPLORER_EDGES,
     METHODS,
     METRICS,
     PLOT_FORMATS,
@@ -48,8 +49,9 @@ from .preflight import RESTORE
 
 __all__ = [
     "ABLATIONS", "DATA_FORMATS", "DEFAULTS", "DISCOVER_OUTPUTS", "DRAWING_FORMATS", "DTYPES", "IG_METHODS",
-    "INSTALL_GRAPHVIZ", "LOADABLE", "MAX_DIAGRAM_EDGES", "METHODS", "METRICS", "PLOT_FORMATS", "SUFFIX_ALIASES",
-    "USER_ERRORS", "UsageError", "build_parser", "cmd_compare", "cmd_discover", "cmd_export_mib", "cmd_evaluate", "cmd_models", "cmd_patch",
+    "INSTALL_GRAPHVIZ", "LOADABLE", "MAX_DIAGRAM_EDGES", "MAX_EXPLORER_EDGES", "METHODS", "METRICS", "PLOT_FORMATS",
+    "SUFFIX_ALIASES", "USER_ERRORS", "UsageError", "build_parser", "cmd_compare", "cmd_discover", "cmd_export_mib",
+    "cmd_evaluate", "cmd_models", "cmd_patch",
     "cmd_render", "cmd_tasks", "main",
 ]
 

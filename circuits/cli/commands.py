@@ -20,6 +20,7 @@ from .parser import (
     IG_METHODS,
     INSTALL_GRAPHVIZ,
     MAX_DIAGRAM_EDGES,
+    MAX_EXPLORER_EDGES,
     MIB_MODELS,
     MIB_TASKS,
     MIN_TRAIN,
@@ -195,17 +196,23 @@ def cmd_render(args: argparse.Namespace) -> int:
     if fmt in DATA_FORMATS and drawing_options:
         raise UsageError(f"{drawing_options[0]} only applies to drawings (.svg .png .pdf .html .dot), not to "
                          f"--out {out} ({fmt} data); drop it")
+    if args.report is not None and fmt != "html":
+        raise UsageError(f"--report only applies to --out .html (the explorer's slider reads its curve), not to "
+                         f"--out {out} ({fmt}); drop it")
     graph = load_circuit(args.circuit)
-    if fmt in ("svg", "png", "pdf", "html") and shutil.which("dot") is None:
+    curve = _explorer_curve(args, graph) if fmt == "html" else None
+    if fmt in ("svg", "png", "pdf") and shutil.which("dot") is None:
         raise UsageError(f"drawing --out {out} needs Graphviz's `dot` program, which is not on PATH; install it "
                          f"({INSTALL_GRAPHVIZ}) or write a data file instead (e.g. --out {out.with_suffix('.graphml')})")
     check_out_file(out, args.force)
     groups = read_json_file(Path(args.groups), "--groups") if args.groups else None
     if groups is not None and not (isinstance(groups, dict) and all(isinstance(v, list) for v in groups.values())):
         raise UsageError(f'--groups {args.groups} must hold a JSON object of lists, e.g. {{"name movers": ["a9.h9"]}}')
-    if fmt in DRAWING_FORMATS and graph.n_circuit_edges > MAX_DIAGRAM_EDGES and not args.force_render:
+    limit = MAX_EXPLORER_EDGES if fmt == "html" else MAX_DIAGRAM_EDGES
+    if fmt in DRAWING_FORMATS and graph.n_circuit_edges > limit and not args.force_render:
         raise UsageError(f"the circuit in {args.circuit} has {graph.n_circuit_edges} edges, more than "
-                         f"{MAX_DIAGRAM_EDGES}: its diagram would be unreadable; pass --force-render to draw it "
+                         f"{limit}: its {'explorer' if fmt == 'html' else 'diagram'} would be "
+                         f"{'slow' if fmt == 'html' else 'unreadable'}; pass --force-render to draw it "
                          f"anyway, or write a data file (e.g. --out {out.with_suffix('.graphml')})")
 
     from ..render import save
@@ -213,14 +220,52 @@ def cmd_render(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if fmt in DRAWING_FORMATS:
         options = dict(merge_qkv=args.merge_qkv, collapse_heads=args.collapse_heads, groups=groups, force=True)
+    if fmt == "html":
+        options["curve"] = curve
     try:
         path = save(graph, out, format=fmt, overwrite=args.force, **options)
     except ValueError as err:
         if groups is not None and "group" in str(err):
             raise UsageError(f"--groups {args.groups}: {err}") from None
         raise
-    print(f"wrote {path}")
+    print(f"wrote {path}" + ("" if fmt != "html" else " (explorer; " + ("no curve" if curve is None else
+                                                                       f"curve from {args.report}") + ")"))
     return 0
+
+
+def _explorer_curve(args: argparse.Namespace, graph: Any) -> Any:
+    """The curve the explorer's slider reads: ``--report``'s (checked), else a sibling report.json's
+    when it holds a curve of this graph's edge count (sets ``args.report``), else None."""
+    from ..evaluation import Curve
+
+    given = args.report is not None
+    path = Path(args.report) if given else Path(args.circuit).parent / "report.json"
+    if not given and not path.is_file():
+        return None
+    try:
+        data = read_json_file(path, "--report")
+    except UsageError as err:
+        if given:
+            raise
+        print(f"warning: {one_line(str(err))}; the explorer shows no curve", file=sys.stderr)
+        return None
+    found = data.get("curve") if isinstance(data, dict) else None
+    try:
+        curve = Curve.from_dict(found) if isinstance(found, dict) else None
+    except (TypeError, ValueError):
+        curve = None
+    problem = None
+    if curve is None:
+        problem = "holds no faithfulness curve (is it a report.json of `circuits discover` without --no-curve?)"
+    elif curve.total_edges and curve.total_edges != graph.n_edges:
+        problem = f"has a curve over {curve.total_edges} edges, but the circuit's graph has {graph.n_edges}"
+    if problem and given:
+        raise UsageError(f"--report {path} {problem}; give the report.json of the run that found {args.circuit}")
+    if problem:
+        print(f"warning: {path} {problem}; the explorer shows no curve", file=sys.stderr)
+        return None
+    args.report = str(path)
+    return curve
 
 
 def cmd_patch(args: argparse.Namespace) -> int:

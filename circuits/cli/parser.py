@@ -16,8 +16,8 @@ METHODS: tuple[str, ...] = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean
 IG_METHODS: tuple[str, ...] = ("eap-ig-inputs", "eap-ig-activations", "eap-ig-edges")
 METRICS: tuple[str, ...] = ("logit_diff", "prob_diff", "kl_div", "answer_logprob", "nll", "accuracy", "top1")
 ABLATIONS: tuple[str, ...] = ("patching", "mean", "zero")
-DISCOVER_OUTPUTS: tuple[str, ...] = ("scores.pt", "circuit.json", "circuit.svg", "circuit.png", "curve.png", "curve.svg",
-                                     "report.json")
+DISCOVER_OUTPUTS: tuple[str, ...] = ("scores.pt", "circuit.json", "circuit.svg", "circuit.png", "circuit.html", "curve.png",
+                                     "curve.svg", "report.json")
 DATA_FORMATS: tuple[str, ...] = ("json", "graphml", "gexf", "csv")
 DRAWING_FORMATS: tuple[str, ...] = ("dot", "svg", "png", "pdf", "html")
 LOADABLE: tuple[str, ...] = ("json", "graphml", "gexf", "csv")
@@ -28,6 +28,7 @@ MIB_MODELS: tuple[str, ...] = ("gpt2", "qwen2.5", "gemma2", "llama3", "interpben
 """= circuits.render.mib_submission.MIB_TASKS / MIB_MODELS (which import torch); a test checks they agree."""
 COMPARE_OUTPUTS: tuple[str, ...] = ("compare.json", "compare.svg")
 MAX_DIAGRAM_EDGES = 500  # = circuits.pipeline.MAX_DIAGRAM_EDGES (which imports torch); the test checks they agree
+MAX_EXPLORER_EDGES = 2000  # = circuits.render.explorer.MAX_EXPLORER_EDGES; the test checks they agree
 INSTALL_GRAPHVIZ = "apt-get install graphviz, brew install graphviz or conda install -c conda-forge graphviz"
 DEFAULTS = {"n_examples": 200, "edges": 50, "prune": "topn", "steps": 5, "tau": 0.01, "pruning_steps": 200}
 MAX_TARGET = 1.5  # = circuits.circuit.minimal.MAX_TARGET (checked by a test)
@@ -191,7 +192,8 @@ def _add_discover(command: _Command) -> None:
     d.add_argument("--out", required=True, metavar="FOLDER", help="output folder (written all or nothing)")
     d.add_argument("--force", action="store_true", help="overwrite results already in --out")
     d.add_argument("--force-render", action="store_true",
-                   help=f"draw circuits of more than {MAX_DIAGRAM_EDGES} edges too")
+                   help=f"draw circuits of more than {MAX_DIAGRAM_EDGES} edges too (and write circuit.html, the "
+                        f"explorer, above {MAX_EXPLORER_EDGES})")
 
 
 def _add_evaluate(command: _Command) -> None:
@@ -215,19 +217,23 @@ def _add_render(command: _Command) -> None:
         "circuits render runs/induction/circuit.json --out circuit.svg --merge-qkv",
         "circuits render circuit.json --out circuit.graphml      # for Gephi/Cytoscape; no Graphviz needed",
         "circuits render circuit.json --out heads.pdf --collapse-heads --groups groups.json",
+        "circuits render runs/x/circuit.json --out explore.html  # interactive; its slider reads runs/x/report.json's curve",
     ))
     r.add_argument("circuit", metavar="FILE", help="circuit file (circuit.json, .graphml, .gexf, .csv)")
     r.add_argument("--out", required=True, metavar="FILE",
-                   help="output file: .svg .png .pdf .html .dot (drawings) or .json .graphml .gexf .csv (data)")
+                   help="output file: .svg .png .pdf .dot (drawings), .html (the interactive explorer) or .json .graphml .gexf .csv (data)")
     r.add_argument("--format", default=None, choices=DATA_FORMATS + DRAWING_FORMATS,
                    help="format to write (default: from --out's suffix)")
     r.add_argument("--merge-qkv", action="store_true", help="one edge per head instead of q/k/v edges (drawings only)")
     r.add_argument("--collapse-heads", action="store_true", help="one node per attention layer (drawings only)")
     r.add_argument("--groups", default=None, metavar="FILE",
                    help='JSON file {"name movers": ["a9.h9", ...], ...} drawn as clusters (drawings only; default: none)')
+    r.add_argument("--report", default=None, metavar="FILE",
+                   help="with --out .html: the report.json whose faithfulness curve the explorer's slider shows "
+                        "(default: report.json next to the circuit file, when there)")
     r.add_argument("--force", action="store_true", help="overwrite --out")
     r.add_argument("--force-render", action="store_true",
-                   help=f"draw circuits of more than {MAX_DIAGRAM_EDGES} edges too")
+                   help=f"draw circuits of more than {MAX_DIAGRAM_EDGES} edges too ({MAX_EXPLORER_EDGES} for .html)")
 
 
 def _add_patch(command: _Command) -> None:

@@ -49,7 +49,8 @@ def save(
         circuit_only: GraphML/GEXF/CSV keep only in-circuit edges (smaller files; loading
             them back gives score 0 to the dropped edges). JSON always stores every edge.
         render_options: for dot and the image formats, passed to :func:`circuits.render.to_dot`
-            (``merge_qkv``, ``groups``, ``max_edges``, ...).
+            (``merge_qkv``, ``groups``, ``max_edges``, ...); for html (the interactive explorer) to
+            :func:`circuits.render.render_explorer` (also ``curve``, ``top``).
 
     Returns the path written.
     """
@@ -62,10 +63,10 @@ def save(
     check_target(path, overwrite)
     if fmt in IMAGE_FORMATS:
         from .diagram import render
-        from .html import render_html
+        from .explorer import render_explorer
 
-        if fmt == "html":
-            return render_html(graph, path, overwrite=overwrite, **render_options)
+        if fmt == "html":  # the interactive explorer (no Graphviz needed); render_html writes the static page
+            return render_explorer(graph, path, overwrite=overwrite, **render_options)
         return render(graph, path, fmt, overwrite=overwrite, **render_options)
     if fmt == "json":
         return graph.save_json(path, overwrite=overwrite)

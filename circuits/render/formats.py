@@ -10,7 +10,7 @@ DATA_FORMATS: tuple[str, ...] = ("json", "graphml", "gexf", "csv", "dot")
 DIAGRAM_FORMATS: tuple[str, ...] = ("svg", "png", "pdf")
 """Diagrams drawn by Graphviz's ``dot``."""
 IMAGE_FORMATS: tuple[str, ...] = DIAGRAM_FORMATS + ("html",)
-"""Diagrams and the HTML page (which embeds an SVG)."""
+"""Diagrams and the HTML explorer (drawn in the browser; needs no Graphviz)."""
 FORMATS: tuple[str, ...] = DATA_FORMATS + IMAGE_FORMATS
 LOADABLE: tuple[str, ...] = ("json", "graphml", "gexf", "csv")
 _SUFFIXES: dict[str, str] = {"gv": "dot", "xml": "graphml", "htm": "html"}
