@@ -94,10 +94,10 @@ class PatchRunner:
                     if ablation == "patching" else None)
             runs.append((b, clean, corr))
         if ablation == "mean":  # per sender, over real positions of every example: [S, 1, 1, d]
-            tot = sum((clean.senders * b.attention_mask[None, :, :, None].to(clean.senders.dtype)).sum(dim=(1, 2))
+            tot = sum((clean.senders.float() * b.attention_mask[None, :, :, None].float()).sum(dim=(1, 2))  # float32 sums
                       for b, clean, _ in runs)
             count = sum(float(b.attention_mask.sum()) for b, _, _ in runs)
-            mean = (tot / count)[:, None, None, :]
+            mean = (tot / count).to(tm.dtype)[:, None, None, :]
         out = []
         for b, clean, corr in runs:
             if ablation == "patching":
