@@ -76,7 +76,8 @@ def format_bytes(n: float) -> str:
     """``n`` bytes in binary units (KiB, MiB, GiB, TiB), three significant digits."""
     for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
+            v = n / size
+            return f"{v:.0f} {unit}" if abs(v) >= 100 else f"{v:.3g} {unit}"
     return f"{int(n)} B"
 
 
