@@ -9,6 +9,7 @@ True
 """
 
 from .budget import (
+    MARGIN,
     MAX_ROWS,
     MEMORY_FORMS,
     MemoryBudgetError,
@@ -23,7 +24,7 @@ from .memory import PLAN_METHODS, Estimate, PlanMethod, estimate, format_bytes, 
 from .shapes import DTYPE_BYTES, ModelShape, load_config, meta_parameter_count, shape_of
 
 __all__ = [
-    "DTYPE_BYTES", "MAX_ROWS", "MEMORY_FORMS", "PLAN_METHODS", "Estimate", "MemoryBudgetError", "ModelShape", "Plan",
+    "DTYPE_BYTES", "MARGIN", "MAX_ROWS", "MEMORY_FORMS", "PLAN_METHODS", "Estimate", "MemoryBudgetError", "ModelShape", "Plan",
     "PlanMethod", "choose", "choose_for_discover", "default_budget", "estimate", "format_bytes", "free_memory",
     "load_config", "meta_parameter_count", "parse_memory", "prepared_bytes", "shape_of",
 ]
