@@ -1,7 +1,7 @@
 """The memory planner's estimates against measured peaks (CPU, random weights, fresh processes).
 
     python benchmarks/bench_memory.py                    # GPT-2-small and Qwen2.5-0.5B shapes, eap / eap-ig-inputs / curve
-    python benchmarks/bench_memory.py --quick            # a 4-layer GPT-2 shape (what tests/test_planning.py runs)
+    python benchmarks/bench_memory.py --quick            # a 12-layer, 256-wide GPT-2 shape
     python benchmarks/bench_memory.py --shapes gpt2-small --methods exact --batch 8 --tokens 64
 
 How it measures: each (shape, method) runs in a fresh Python process with glibc's mmap threshold
@@ -116,12 +116,12 @@ def measure(shape: str, method: str, batch: int, tokens: int, examples: int, max
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--quick", action="store_true", help="the 4-layer GPT-2 shape only")
+    p.add_argument("--quick", action="store_true", help="the 12-layer, 256-wide GPT-2 shape only")
     p.add_argument("--shapes", nargs="+", default=["gpt2-small", "qwen2.5-0.5b"], choices=list(SHAPES))
     p.add_argument("--methods", nargs="+", default=["eap", "eap-ig-inputs", "curve"])
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--tokens", type=int, default=64)
-    p.add_argument("--examples", type=int, default=16)
+    p.add_argument("--examples", type=int, default=8)
     p.add_argument("--max-rows", type=int, default=512)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     a = p.parse_args()

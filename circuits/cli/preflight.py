@@ -361,7 +361,7 @@ def check_memory(args: argparse.Namespace, model: Model, task: Any, train: Any, 
     except MemoryBudgetError as err:
         source = "--max-memory" if args.max_memory is not None else "the free memory of --device " + args.device
         raise UsageError(f"{err} (budget: {source}; see `circuits plan`)") from None
-    if plan.batch < args.batch_size:
+    if plan.batch < min(args.batch_size, len(test), len(train) if args.command == "discover" else len(test)):
         progress(args, f"memory: batch lowered from {args.batch_size} to {plan.batch} to fit {format_bytes(budget)}")
     args.batch_size, args.max_rows = plan.batch, plan.max_rows
 
