@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-for b in bench_forward bench_attribution bench_patching bench_curve; do
+for b in bench_forward bench_attribution bench_patching bench_curve bench_memory; do
   echo "## python benchmarks/$b.py $*"
   python "benchmarks/$b.py" "$@"
 done

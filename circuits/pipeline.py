@@ -85,13 +85,16 @@ def score(
     seed: int = 0,
     runner: PatchRunner | None = None,
     parallel: Parallel = "data",
+    max_rows: int = 512,
 ) -> Graph:
     """Scores for every edge by ``method`` (for ``acdc`` the graph also holds ACDC's circuit).
 
     ``steps``: IG steps (``eap-ig-*``, default 5) or optimisation steps (``edge-pruning``, default
     200); ``target_edges``: edge pruning's size (default 5 % of the edges); ``runner``: the training
     split's prepared runs, reused by ``exact`` when given; ``parallel``: how a process group shares
-    exact effects (:data:`~circuits.parallel.Parallel`; attribution, ACDC and edge pruning split the data).
+    exact effects (:data:`~circuits.parallel.Parallel`; attribution, ACDC and edge pruning split the data);
+    ``max_rows``: mask x example rows per masked forward (exact, acdc; :mod:`circuits.planning`
+    chooses it for a memory budget).
     """
     if method not in DISCOVERY_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(DISCOVERY_METHODS)}")
@@ -101,10 +104,11 @@ def score(
         return edge_pruning(model, train, metric, target_edges=min(int(target), E), steps=steps or 200,
                             batch_size=batch_size, progress=progress, seed=seed)
     if method == "acdc":
-        return acdc(model, train, tau, metric=metric or "kl_div", batch_size=batch_size, progress=progress).graph
+        return acdc(model, train, tau, metric=metric or "kl_div", batch_size=batch_size, max_rows=max_rows,
+                    progress=progress).graph
     if method == "exact":
         t0 = time.perf_counter()
-        r = runner or PatchRunner(model, train, metric, batch_size=batch_size, parallel=parallel)
+        r = runner or PatchRunner(model, train, metric, batch_size=batch_size, parallel=parallel, max_rows=max_rows)
         eff = exact_edge_effects(None, None, progress=progress, runner=r)
         scoring = Scoring(method="exact", metric=r.metric_name, n_examples=r.n_examples,
                           seconds=round(time.perf_counter() - t0, 4))
@@ -145,6 +149,7 @@ def discover(
     progress: bool = False,
     seed: int = 0,
     parallel: Parallel = "data",
+    max_rows: int = 512,
 ) -> Discovery:
     """Score edges on ``train``, select a circuit, evaluate it (and its curve) on ``test``.
 
@@ -153,7 +158,9 @@ def discover(
     normalized faithfulness on ``train`` reaches the target (:func:`~circuits.circuit.minimal.search_size`);
     ``refine`` then makes it 1-minimal by exact patching (:func:`~circuits.circuit.minimal.refine`).
     The report records the search, the refinement and the held-out faithfulness with its bootstrap
-    interval. Nothing is written; see :func:`write_outputs`.
+    interval. ``max_rows`` bounds mask x example rows per masked forward
+    (:func:`circuits.planning.choose_for_discover` picks it for a memory budget). Nothing is written;
+    see :func:`write_outputs`.
 
     In a ``torch.distributed`` process group every rank calls this with the same arguments and gets
     the same result; ``parallel`` says whether exact effects, the size search, refinement, evaluation
@@ -163,14 +170,15 @@ def discover(
     runner = None
     if faithfulness is not None:  # refuse an unreachable or undefined target before the expensive scoring
         check_target(faithfulness)
-        runner = PatchRunner(model, train, metric, batch_size=batch_size, parallel=parallel)
+        runner = PatchRunner(model, train, metric, batch_size=batch_size, parallel=parallel, max_rows=max_rows)
         check_runner(runner)
     if method == "edge-pruning":
         signed = True  # gate logits: larger = more open; |log α| would put strongly pruned edges first
     timings: dict[str, float] = {}
     t0 = t = time.perf_counter()
     scores = score(model, train, method, metric=metric, steps=steps, tau=tau, batch_size=batch_size,
-                   progress=progress, target_edges=edges, seed=seed, runner=runner, parallel=parallel)
+                   progress=progress, target_edges=edges, seed=seed, runner=runner, parallel=parallel,
+                   max_rows=max_rows)
     timings["scoring"] = time.perf_counter() - t
     scores = scores.with_provenance(model=model_name or scores.provenance.model, task=train.name)
     t = time.perf_counter()
@@ -183,7 +191,7 @@ def discover(
         circuit = select(scores, edges=edges, threshold=threshold, rule=rule, signed=signed)
     timings["selection"] = time.perf_counter() - t
     t = time.perf_counter()
-    held_out = PatchRunner(model, test, metric, batch_size=batch_size, parallel=parallel)  # prepared once
+    held_out = PatchRunner(model, test, metric, batch_size=batch_size, parallel=parallel, max_rows=max_rows)  # prepared once
     report = evaluate_circuit(model, circuit, test, batch_size=batch_size, runner=held_out, progress=progress)
     timings["evaluation"] = time.perf_counter() - t
     crv = None

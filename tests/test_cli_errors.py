@@ -115,7 +115,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_help_shows_defaults_examples_and_names():
     parser = cli.build_parser()
     subs = _subparsers(parser)
-    assert set(subs) == {"discover", "evaluate", "render", "patch", "tasks", "models", "export-mib", "compare"}
+    assert set(subs) == {"discover", "evaluate", "render", "patch", "tasks", "models", "export-mib", "compare", "plan"}
     for name, sub in subs.items():
         text = sub.format_help()
         assert "examples:\n  circuits " + name in text, name

@@ -4,6 +4,7 @@
     circuits evaluate --model induction-2l --task induction --circuit out/circuit.json
     circuits render out/circuit.json --out out/circuit.pdf --merge-qkv
     circuits patch --model induction-2l --task induction --receivers a1.h0<k> --out out/heatmap.png
+    circuits plan --model gpt2 --method eap-ig-inputs --tokens 128 --batch 32 --max-memory 24GB
     circuits tasks | circuits models
 
 Every user mistake ends in one line ``error: ...`` on stderr and exit code 2, found before any
@@ -25,7 +26,17 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from .commands import cmd_compare, cmd_discover, cmd_evaluate, cmd_export_mib, cmd_models, cmd_patch, cmd_render, cmd_tasks
+from .commands import (
+    cmd_compare,
+    cmd_discover,
+    cmd_evaluate,
+    cmd_export_mib,
+    cmd_models,
+    cmd_patch,
+    cmd_plan,
+    cmd_render,
+    cmd_tasks,
+)
 from .errors import USER_ERRORS, UsageError, error_message, show_warning
 from .parser import (
     ABLATIONS,
@@ -52,14 +63,15 @@ __all__ = [
     "INSTALL_GRAPHVIZ", "LOADABLE", "MAX_DIAGRAM_EDGES", "MAX_EXPLORER_EDGES", "METHODS", "METRICS", "PLOT_FORMATS",
     "SUFFIX_ALIASES", "USER_ERRORS", "UsageError", "build_parser", "cmd_compare", "cmd_discover", "cmd_export_mib",
     "cmd_evaluate", "cmd_models", "cmd_patch",
-    "cmd_render", "cmd_tasks", "main",
+    "cmd_plan", "cmd_render", "cmd_tasks", "main",
 ]
 
 
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     """Subcommand name -> function, looked up here at call time (so ``circuits.cli.cmd_*`` can be replaced)."""
     return {"discover": cmd_discover, "evaluate": cmd_evaluate, "render": cmd_render, "patch": cmd_patch,
-            "tasks": cmd_tasks, "models": cmd_models, "export-mib": cmd_export_mib, "compare": cmd_compare}
+            "tasks": cmd_tasks, "models": cmd_models, "export-mib": cmd_export_mib, "compare": cmd_compare,
+            "plan": cmd_plan}
 
 
 DISTRIBUTED_COMMANDS = ("discover", "evaluate", "patch")

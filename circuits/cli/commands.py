@@ -75,7 +75,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
     found = discover(lm, train, test, args.method, metric=args.metric, edges=args.edges, threshold=args.threshold,
                      faithfulness=args.faithfulness, refine=args.refine, rule=args.prune, signed=args.signed,
                      steps=args.steps, tau=args.tau, batch_size=args.batch_size, curve=not args.no_curve,
-                     model_name=args.model, progress=not args.quiet, seed=args.seed, parallel=args.parallel)
+                     model_name=args.model, progress=not args.quiet, seed=args.seed, parallel=args.parallel,
+                     max_rows=args.max_rows)
     report = found.report
     report.timings.pop("total", None)
     report.timings["load_s"] = round(t_load, 4)
@@ -167,7 +168,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     progress(args, f"evaluating {graph.n_circuit_edges} edges on {len(test)} held-out examples ...")
     t0 = time.perf_counter()
-    report = evaluate_circuit(lm, graph, test, metric=args.metric, ablation=args.ablation, batch_size=args.batch_size)
+    report = evaluate_circuit(lm, graph, test, metric=args.metric, ablation=args.ablation, batch_size=args.batch_size,
+                              max_rows=args.max_rows)
     report.model, report.task = args.model, task.name
     report.timings["total_s"] = round(time.perf_counter() - t0, 4)
     report.settings.update({"model": args.model, "task": task.name, "task_file": task.meta.get("source_file"),
@@ -425,3 +427,32 @@ def _write_compare(result: Any, graphs: list, files: list[str], out: Path, notes
             os.replace(f, out / f.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print the memory estimate of a run (a table of components) from the model's config; exit 1 if it does not fit."""
+    from ..planning import MemoryBudgetError, choose, default_budget, estimate, format_bytes, load_config, shape_of
+    from ..planning.memory import ATTRIBUTION
+
+    try:
+        config = load_config(args.model)
+        shape = shape_of(config, args.dtype)
+    except (ValueError, NotImplementedError) as err:
+        raise UsageError(f"--model {args.model}: {one_line(err, 300)}") from None
+    budget = args.max_memory if args.max_memory is not None else default_budget(args.device)
+    source = "--max-memory" if args.max_memory is not None else f"free memory of {args.device} less a margin"
+    est = estimate(shape, args.method, args.tokens, args.batch, args.examples)
+    print(f"{args.model}: {shape.family}, {shape.n_layers} layers x {shape.n_heads} heads (kv {shape.n_kv_heads}), "
+          f"d {shape.d_model}, {shape.n_params:,} parameters, {shape.dtype}; {shape.n_edges:,} edges")
+    rows = "" if args.method in ATTRIBUTION else f", {est.max_rows} rows per masked forward"
+    print(f"{args.method}: batch {est.batch} x {args.tokens} tokens, {est.examples} examples{rows}")
+    print(est.table())
+    print(f"budget: {format_bytes(budget)} ({source})")
+    try:
+        plan = choose(shape, args.method, args.tokens, args.batch, budget, args.examples)
+    except MemoryBudgetError as err:
+        print(f"does not fit: {err}")
+        return 1
+    fits = plan.batch == est.batch and plan.max_rows == est.max_rows
+    print(f"fits: {plan.summary()}" if fits else f"fits with {plan.summary()}")
+    return 0

@@ -30,7 +30,8 @@ COMPARE_OUTPUTS: tuple[str, ...] = ("compare.json", "compare.svg")
 MAX_DIAGRAM_EDGES = 500  # = circuits.pipeline.MAX_DIAGRAM_EDGES (which imports torch); the test checks they agree
 MAX_EXPLORER_EDGES = 2000  # = circuits.render.explorer.MAX_EXPLORER_EDGES; the test checks they agree
 INSTALL_GRAPHVIZ = "apt-get install graphviz, brew install graphviz or conda install -c conda-forge graphviz"
-DEFAULTS = {"n_examples": 200, "edges": 50, "prune": "topn", "steps": 5, "tau": 0.01, "pruning_steps": 200}
+DEFAULTS = {"batch_size": 32, "plan_examples": 100,
+            "n_examples": 200, "edges": 50, "prune": "topn", "steps": 5, "tau": 0.01, "pruning_steps": 200}
 MAX_TARGET = 1.5  # = circuits.circuit.minimal.MAX_TARGET (checked by a test)
 MIN_TRAIN = 8  # = circuits.circuit.minimal.MIN_EXAMPLES (checked by a test)
 """Defaults of options whose parser default is None (so that giving them explicitly can be told apart)."""
@@ -67,6 +68,23 @@ def _float_type(lo: float | None = None, lo_open: bool = False, hi_open: float |
         return value
 
     return parse
+
+
+def memory_size(text: str) -> int:
+    """``--max-memory``: bytes of ``8GB``, ``8G``, ``512MB``, ``8GiB``, ``1.5e9`` (circuits.planning.parse_memory)."""
+    from ..planning.budget import parse_memory
+
+    try:
+        return parse_memory(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_max_memory(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE",
+                   help="memory budget, e.g. 8GB, 8G, 512MB, 8GiB, 1.5e9 (default: the device's free memory less a "
+                        "margin); the batch and the masks per forward are chosen to fit, and a run that cannot fit "
+                        "stops before loading the model")
 
 
 # ---------------------------------------------------------------------- parser
@@ -110,7 +128,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-examples", type=_int_type(2), default=None, metavar="N",
                    help=f"examples to generate for a built-in task, or the first N rows of a task file "
                         f"(default: {DEFAULTS['n_examples']} for a built-in task, every row of a file)")
-    p.add_argument("--batch-size", type=_int_type(1), default=32, metavar="N", help="examples per forward pass")
+    p.add_argument("--batch-size", type=_int_type(1), default=None, metavar="N",
+                   help=f"examples per forward pass (default: {DEFAULTS['batch_size']}, lowered when the memory "
+                        "estimate does not fit --max-memory)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="model precision")
     p.add_argument("--seed", type=_int_type(0, 2**63 - 1), default=0, metavar="N",
@@ -147,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_patch(command)
     _add_export_mib(command)
     _add_compare(command)
+    _add_plan(command)
     command("tasks", "list the built-in tasks", _examples("circuits tasks"))
     command("models", "list the zoo models", _examples("circuits models"))
     return p
@@ -189,6 +210,7 @@ def _add_discover(command: _Command) -> None:
                         "--faithfulness/--refine, evaluation and the curve, the masks (masks; when the data is "
                         "small and the edges many); see docs/scaling.md")
     d.add_argument("--no-curve", action="store_true", help="skip the faithfulness curve")
+    _add_max_memory(d)
     d.add_argument("--out", required=True, metavar="FOLDER", help="output folder (written all or nothing)")
     d.add_argument("--force", action="store_true", help="overwrite results already in --out")
     d.add_argument("--force-render", action="store_true",
@@ -208,6 +230,7 @@ def _add_evaluate(command: _Command) -> None:
     e.add_argument("--ablation", choices=ABLATIONS, default="patching",
                    help="what replaces the edges outside the circuit")
     e.add_argument("--out", default=None, metavar="FILE", help="write the report JSON here (default: print only)")
+    _add_max_memory(e)
     e.add_argument("--force", action="store_true",
                    help="overwrite --out, and evaluate a circuit found on a model of another name")
 
@@ -288,3 +311,26 @@ def _add_compare(command: _Command) -> None:
                    help="write compare.json and the diagram compare.svg here (all or nothing; default: print only)")
     c.add_argument("--force", action="store_true", help="overwrite compare.json / compare.svg in --out")
     c.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+PLAN_METHODS: tuple[str, ...] = METHODS + ("curve",)  # = circuits.planning.PLAN_METHODS (checked by a test)
+
+
+def _add_plan(command: _Command) -> None:
+    pl = command("plan", "estimate a run's peak memory from the model's config (no weights are loaded)", _examples(
+        "circuits plan --model stories260k --method exact --tokens 32",
+        "circuits plan --model ./Qwen2.5-7B/config.json --method eap-ig-inputs --tokens 128 --batch 8 --max-memory 80GB",
+        "circuits plan --model gpt2 --method curve --tokens 128 --examples 100 --dtype bfloat16",
+    ))
+    pl.add_argument("--model", required=True, metavar="NAME|FOLDER|CONFIG",
+                    help="zoo model name, a model folder, a config.json file, or a model in the Hugging Face cache")
+    pl.add_argument("--method", required=True, choices=PLAN_METHODS, metavar="NAME",
+                    help=f"what to plan: {', '.join(PLAN_METHODS)} (curve: a faithfulness curve or circuit evaluation)")
+    pl.add_argument("--tokens", required=True, type=_int_type(1), metavar="T", help="positions per example")
+    pl.add_argument("--batch", type=_int_type(1), default=DEFAULTS["batch_size"], metavar="B",
+                    help="examples per forward pass")
+    pl.add_argument("--examples", type=_int_type(1), default=DEFAULTS["plan_examples"], metavar="N",
+                    help="examples in the split (the patching methods prepare every example's runs)")
+    pl.add_argument("--dtype", default="float32", choices=DTYPES, help="model precision")
+    pl.add_argument("--device", default="cpu", help="device whose free memory is the default budget")
+    _add_max_memory(pl)

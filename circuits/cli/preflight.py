@@ -167,6 +167,7 @@ class Model:
             raise UsageError(f"--model: {err}") from None
         self.folder, self.raw_config, self.has_tokenizer = check.path, check.config, check.has_tokenizer
         self._layout = None
+        self.config: Any = None  # the transformers config, once the layout has been read
 
     @property
     def layout(self) -> Any:
@@ -177,8 +178,8 @@ class Model:
             from ..models import graph_for
 
             try:
-                config = AutoConfig.from_pretrained(str(self.folder), local_files_only=True)
-                self._layout = graph_for(config).layout
+                self.config = AutoConfig.from_pretrained(str(self.folder), local_files_only=True)
+                self._layout = graph_for(self.config).layout
             except (OSError, ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as err:
                 raise UsageError(f"--model {self.spec}: cannot read {self.folder / 'config.json'} "
                                  f"({one_line(err, 200)})") from None
@@ -331,8 +332,42 @@ def prepare(args: argparse.Namespace, model: Model) -> tuple[Any, Any, Any, Any]
                          "or another --test-fraction")
     train, test = task.split(args.test_fraction, seed=args.seed)
     task.meta["source_file"] = str(task_file) if task_file is not None else None
+    check_memory(args, model, task, train, test)
     progress(args, f"loading {args.model} ...")
     return model.load(args.device, args.dtype), task, train, test
+
+
+def check_memory(args: argparse.Namespace, model: Model, task: Any, train: Any, test: Any) -> None:
+    """Fit the run into ``--max-memory`` (default: the device's free memory less a margin) before loading the model.
+
+    Sets ``args.batch_size`` (the requested one, or the largest that fits when none was given) and
+    ``args.max_rows`` (mask x example rows per masked forward); a run that cannot fit is a UsageError
+    with the estimate and the largest batch that fits.
+    """
+    given = args.batch_size is not None
+    args.batch_size = args.batch_size if given else DEFAULTS["batch_size"]
+    args.max_rows = 512
+    if args.command not in ("discover", "evaluate"):
+        return
+    from ..planning import MemoryBudgetError, choose, choose_for_discover, default_budget, format_bytes, shape_of
+
+    budget = args.max_memory if args.max_memory is not None else default_budget(args.device)
+    model.layout  # noqa: B018  (reads the config)
+    shape = shape_of(model.config, args.dtype)
+    tokens = max(len(ids) for ids in task.clean_ids)
+    fixed = given or (args.command == "discover" and args.method == "edge-pruning")  # its batches change its result
+    try:
+        if args.command == "discover":
+            plan = choose_for_discover(shape, args.method, tokens, args.batch_size, budget, len(train), len(test),
+                                       batch_fixed=fixed, faithfulness=args.faithfulness is not None)
+        else:
+            plan = choose(shape, "curve", tokens, args.batch_size, budget, len(test), batch_fixed=fixed)
+    except MemoryBudgetError as err:
+        source = "--max-memory" if args.max_memory is not None else "the free memory of --device " + args.device
+        raise UsageError(f"{err} (budget: {source}; see `circuits plan`)") from None
+    if plan.batch < min(args.batch_size, len(test), len(train) if args.command == "discover" else len(test)):
+        progress(args, f"memory: batch lowered from {args.batch_size} to {plan.batch} to fit {format_bytes(budget)}")
+    args.batch_size, args.max_rows = plan.batch, plan.max_rows
 
 
 def read_json_file(path: Path, flag: str) -> Any:

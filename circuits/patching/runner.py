@@ -122,13 +122,13 @@ class PatchRunner:
                 clean = RunOutput(clean.logits)
             runs.append((b, clean, corr))
         if ablation == "mean":  # per sender, over real positions of every example: [S, 1, 1, d]
-            tot = sum((clean.senders * b.attention_mask[None, :, :, None].to(clean.senders.dtype)).sum(dim=(1, 2))
+            tot = sum((clean.senders.float() * b.attention_mask[None, :, :, None].float()).sum(dim=(1, 2))  # float32 sums
                       for b, clean, _ in runs)
             count = sum(float(b.attention_mask.sum()) for b, _, _ in runs)
             if self.parallel == "data":  # the mean over every rank's examples
-                tot = all_reduce_sum(torch.as_tensor(tot, dtype=torch.float64)).to(tm.dtype)
+                tot = all_reduce_sum(torch.as_tensor(tot, dtype=torch.float64))
                 count = float(all_reduce_sum(torch.tensor([count], dtype=torch.float64)))
-            mean = (tot / count)[:, None, None, :]
+            mean = (tot / count).to(tm.dtype)[:, None, None, :]
         out = []
         for (b, clean, corr), sparse_base in zip(runs, bases):
             if ablation == "patching":

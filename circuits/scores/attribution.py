@@ -73,8 +73,9 @@ class _ScoreAccumulator:
 
 
 def _masked_delta(a: torch.Tensor, b: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """``a - b`` ([S, B, P, d]) with padded positions zeroed."""
-    return (a - b) * attention_mask[None, :, :, None].to(a.dtype)
+    """``a - b`` ([S, B, P, d]) in float32 (a bf16/fp16 difference of close values would lose its
+    significant bits), with padded positions zeroed."""
+    return (a.float() - b.float()) * attention_mask[None, :, :, None].float()
 
 
 def _loss(metric: Callable, higher: bool, logits: torch.Tensor, batch: Batch, clean_logits: torch.Tensor) -> torch.Tensor:
