@@ -352,16 +352,23 @@ def check_memory(args: argparse.Namespace, model: Model, task: Any, train: Any, 
     from ..planning import MemoryBudgetError, choose, choose_for_discover, default_budget, format_bytes, shape_of
 
     budget = args.max_memory if args.max_memory is not None else default_budget(args.device)
+    # under torchrun: --max-memory is per process; processes on one host share its free CPU memory, and
+    # each prepares only its shard of the examples when they are split (--parallel data, the default)
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if args.max_memory is None and not str(args.device).startswith("cuda"):
+        budget //= max(1, local)
+    shards = world if getattr(args, "parallel", "data") == "data" else 1
+    n_train, n_test = -(-len(train) // shards), -(-len(test) // shards)
     model.layout  # noqa: B018  (reads the config)
     shape = shape_of(model.config, args.dtype)
     tokens = max(len(ids) for ids in task.clean_ids)
     fixed = given or (args.command == "discover" and args.method == "edge-pruning")  # its batches change its result
     try:
         if args.command == "discover":
-            plan = choose_for_discover(shape, args.method, tokens, args.batch_size, budget, len(train), len(test),
+            plan = choose_for_discover(shape, args.method, tokens, args.batch_size, budget, n_train, n_test,
                                        batch_fixed=fixed, faithfulness=args.faithfulness is not None)
         else:
-            plan = choose(shape, "curve", tokens, args.batch_size, budget, len(test), batch_fixed=fixed)
+            plan = choose(shape, "curve", tokens, args.batch_size, budget, n_test, batch_fixed=fixed)
     except MemoryBudgetError as err:
         source = "--max-memory" if args.max_memory is not None else "the free memory of --device " + args.device
         raise UsageError(f"{err} (budget: {source}; see `circuits plan`)") from None

@@ -7,8 +7,10 @@ model's dtype. What each path holds at its peak:
 * **parameters**: ``n_params * b``.
 * **prepared runs** (:class:`~circuits.patching.PatchRunner`: exact, ACDC, edge pruning, curves,
   evaluation, faithfulness search): for *every* example of the split the corrupted run's sender
-  outputs ``[S, N, P, d]`` and the clean and corrupted answer logits; the batch size does not
-  shrink it, only fewer examples or tokens do.
+  outputs ``[S, N, P, d]`` and the clean and corrupted answer logits, and for the sparse masked
+  forward the clean-minus-corrupted sender outputs (``[S, N, P, d]`` again), the corrupted residuals
+  ``[L+1, N, P, d]`` and both runs' q/k/v ``[6L, N, H, P, dh]``; the batch size does not shrink it,
+  only fewer examples or tokens do.
 * **masked forward** of ``K = max_rows // B`` masks (``K B`` rows): the delta buffer ``[K, S, B*P*d]``
   (``RunState.buffer``) plus every sender's output kept by the run (``RunState.groups``, same size),
   plus one layer's temporaries: at worst every q/k/v receiver its own input ``[3H, K*B, P, d]``
@@ -122,8 +124,14 @@ class _Sizes:
         return rows * self.m.vocab * (self.b + 3 * F32)
 
     def prepared(self, n: int) -> int:
-        """Every example's corrupted sender outputs and clean/corrupted answer logits."""
-        return self.senders(n) + 2 * n * self.m.vocab * self.b
+        """Every example's corrupted sender outputs and clean/corrupted answer logits, plus what the sparse
+        masked forward reads (:class:`~circuits.runtime.sparse.SparseBase`): the clean-minus-corrupted
+        sender outputs, the corrupted residual entering every layer and the final one, and both runs'
+        q, k, v per layer (an upper bound: families without the sparse path do not keep these)."""
+        m = self.m
+        base = self.senders(n) + 2 * n * m.vocab * self.b
+        sparse = self.senders(n) + (m.n_layers + 1) * self.resid(n) + 6 * m.n_layers * self.qkv(n)
+        return base + sparse
 
     def masked(self, rows: int) -> list[tuple[str, int, str]]:
         """A masked forward of ``rows`` mask x example rows (no autograd)."""
