@@ -8,13 +8,16 @@ from torch import nn
 
 from ..graph import Graph, Provenance
 from .base import Adapter
+from .gemma import Gemma2Adapter, Gemma3Adapter
 from .gpt2 import GPT2Adapter
 from .gpt_neo import GPTNeoAdapter
 from .gpt_neox import GPTNeoXAdapter
 from .llama import LlamaAdapter
+from .olmo2 import Olmo2Adapter
 from .qwen3 import Qwen3Adapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (GPT2Adapter, GPTNeoAdapter, GPTNeoXAdapter, LlamaAdapter, Qwen3Adapter)
+ADAPTERS: tuple[type[Adapter], ...] = (GPT2Adapter, GPTNeoAdapter, GPTNeoXAdapter, LlamaAdapter, Qwen3Adapter,
+                                       Gemma2Adapter, Gemma3Adapter, Olmo2Adapter)
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for a in ADAPTERS for t in a.model_types)
 
 
@@ -26,7 +29,7 @@ def adapter_class(config: Any) -> type[Adapter]:
             return cls
     raise NotImplementedError(
         f"model_type {model_type!r} is not supported. Supported: {', '.join(SUPPORTED_MODEL_TYPES)} "
-        "(GPT-2, GPT-Neo, GPT-NeoX/Pythia, Llama, Mistral, Qwen2, Qwen3)."
+        "(GPT-2, GPT-Neo, GPT-NeoX/Pythia, Llama, Mistral, Qwen2, Qwen3, Gemma-2, Gemma-3 text, OLMo-2)."
     )
 
 
