@@ -82,10 +82,12 @@ def layer_term(layer: AttnLayer, Wl: torch.Tensor | None, K: int, R: int
         Wu = uniq.view(-1, K, H)  # [U, K, H]
     delta = layer.delta.expand(H, K, *layer.delta.shape[2:])
     primals = pre[None] - torch.einsum("ukh,hkbpd->ukbpd", Wu.to(delta.dtype), delta)  # [U, K, B, P, d]
-    term_u = layer.norm(pre)[None] - layer.norm(primals)
-    if not Wl.requires_grad:  # columns that keep every edge lose exactly nothing
-        live = Wu.eq(0).flatten(1).all(1)  # [U]
-        term_u = torch.where(live[:, None, None, None, None], torch.zeros_like(term_u), term_u)
+    if Wl.requires_grad:
+        term_u = layer.norm(pre)[None] - layer.norm(primals)
+    else:  # a column that keeps every edge loses exactly nothing: only the others are normalised
+        patched = ~Wu.eq(0).flatten(1).all(1)  # [U]
+        term_u = torch.zeros_like(primals)
+        term_u[patched] = layer.norm(pre)[None] - layer.norm(primals[patched])
     return term_u[inv], primals, inv
 
 
