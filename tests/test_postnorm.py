@@ -142,6 +142,22 @@ def test_shared_norms_equal_dense_path(fam):
     assert (fast - dense)[real].abs().max() <= 1e-5
 
 
+def test_resumed_masked_runs_equal_full_runs(fam):
+    """Masks that agree with a base mask before layer 1 resume from the base run's recorded prefix (shared
+    by every mask): the prefix's heads and input are read through the same norms as a full run's."""
+    _, _, tm = fam
+    runner = PatchRunner(tm, [make_batch()], "logit_diff")
+    lay, gen = tm.layout, torch.Generator().manual_seed(0)
+    base = (torch.rand(lay.n_edges, generator=gen) > 0.3).float()
+    masks = base.repeat(4, 1)
+    later = lay.edge_layer(torch.arange(lay.n_edges)) >= 1
+    masks[:, later] = (torch.rand(4, int(later.sum()), generator=gen) > 0.5).float()
+    full = runner.evaluate(masks)["m"]
+    resumed = runner.evaluate(masks, resume_from=(1, runner.base_runs(base)))["m"]
+    assert (full - resumed).abs().max() <= 1e-5
+    assert (full - full.mean()).abs().max() > 1e-3  # the masks do differ
+
+
 def test_unpatched_layers_cost_no_norm(fam):
     """One removed edge from a layer-0 head: later receiver groups that keep all of layer 0 run no extra
     norm; the one group with that receiver normalises two sums (the live one and the patched receiver's),

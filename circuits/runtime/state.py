@@ -183,7 +183,8 @@ class RunState:
         W = None if self.W is None else self.W[:, :n, r0:r1]
         nonattn = None
         if W is not None and (W.requires_grad or bool(W[:, 0:n:stride].any())):
-            nonattn = torch.cat([self._sender_delta(s) for s in range(0, n, stride)])
+            deltas = [self._sender_delta(s) for s in range(0, n, stride)]  # [1, K|1, B, P, d] each
+            nonattn = torch.cat([t.expand(1, self.K, *t.shape[2:]) for t in deltas])
         probe = None if self.on_grad is None else (self.on_grad, torch.arange(r0, r1, device=resid.device))
         return post_norm_input(resid, W, nonattn, layers, self.K, n, stride, probe, r1 - r0)
 
