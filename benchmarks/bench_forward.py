@@ -6,6 +6,7 @@ and peak-memory growth of the patched forward (must stay at the per-node activat
 senders x batch x positions x d_model, never edges x ...).
 
     python benchmarks/bench_forward.py            # GPT-2-small shape, batch 8 x 32
+    python benchmarks/bench_forward.py --family mixtral   # a ~100M random config of that family
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import bare_forward, best_time, gpt2_small, parser, peak_rss_mb, random_batch  # noqa: E402
+from common import BENCH_FAMILIES, bare_forward, best_time, family_model, parser, peak_rss_mb, random_batch  # noqa: E402
 
 from circuits import Patch, TracedModel  # noqa: E402
 
 
 def main() -> None:
-    args = parser(__doc__).parse_args()
+    p = parser(__doc__)
+    p.add_argument("--family", choices=BENCH_FAMILIES, default="gpt2",
+                   help="model family of the random config (default gpt2: GPT-2 small; others ~100M parameters)")
+    args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = gpt2_small(args.quick)
+    model = family_model(args.family, args.quick)
     tm = TracedModel(model)
     b = random_batch(model.config.vocab_size, args.batch, args.tokens)
     g = tm.layout
@@ -48,7 +52,8 @@ def main() -> None:
     S, d = g.n_senders, model.config.hidden_size
     node_mb = S * args.batch * args.tokens * d * 4 / 2**20
     edge_mb = g.n_edges * args.batch * args.tokens * d * 4 / 2**20
-    print(f"model: {model.config.n_layer} layers x {model.config.n_head} heads, d={d}; edges={g.n_edges}; "
+    family = "" if args.family == "gpt2" else f"{args.family} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M), "
+    print(f"model: {family}{g.n_layers} layers x {g.n_heads} heads, d={d}; edges={g.n_edges}; "
           f"batch {args.batch} x {args.tokens}; threads={torch.get_num_threads()}")
     print(f"bare forward           {t_bare * 1e3:8.1f} ms")
     print(f"traced forward         {t_traced * 1e3:8.1f} ms   ratio {t_traced / t_bare:5.2f}x  (target <= 1.3x)")

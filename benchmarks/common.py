@@ -30,6 +30,47 @@ def gpt2_small(quick: bool = False, seed: int = 0):
     return AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
 
 
+def _family_config(family: str, quick: bool):
+    """A ~100M-parameter config of ``family`` (d 768, 12 layers x 12 heads, vocab 16000; MoE: 8 experts
+    of width 256, top 2), or a 2-layer d 64 one with ``quick``."""
+    import transformers as tf
+
+    L, H, d, V = (2, 4, 64, 512) if quick else (12, 12, 768, 16000)
+    base = dict(vocab_size=V, hidden_size=d, num_hidden_layers=L, num_attention_heads=H, max_position_embeddings=512,
+                pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    gqa = dict(base, num_key_value_heads=H // 2 if quick else 4)
+    width = 64 if quick else 256  # expert width (grouped_mm wants 16-byte strides)
+    moe = dict(num_experts_per_tok=2, intermediate_size=width)
+    if family == "gpt2":
+        return tf.GPT2Config(n_layer=L, n_head=H, n_embd=d, vocab_size=V)
+    if family == "gptj":
+        return tf.GPTJConfig(n_layer=L, n_head=H, n_embd=d, vocab_size=V, n_positions=512, rotary_dim=d // H // 2,
+                             bos_token_id=1, eos_token_id=2)
+    if family in ("llama", "qwen3", "phi3"):
+        cls = {"llama": tf.LlamaConfig, "qwen3": tf.Qwen3Config, "phi3": tf.Phi3Config}[family]
+        return cls(**gqa, intermediate_size=d * 8 // 3)
+    if family == "mixtral":
+        return tf.MixtralConfig(**gqa, **moe, num_local_experts=8)
+    if family == "qwen2_moe":
+        return tf.Qwen2MoeConfig(**gqa, **moe, num_experts=8, moe_intermediate_size=width,
+                                 shared_expert_intermediate_size=2 * width)
+    if family == "olmoe":
+        return tf.OlmoeConfig(**gqa, **moe, num_experts=8)
+    raise KeyError(family)
+
+
+BENCH_FAMILIES = ("gpt2", "gptj", "llama", "qwen3", "phi3", "mixtral", "qwen2_moe", "olmoe")
+"""Families ``bench_forward.py --family`` can build."""
+
+
+def family_model(family: str, quick: bool = False, seed: int = 0):
+    """A random-init model of ``family`` (``gpt2`` = GPT-2 small), float32, eval mode, sdpa attention."""
+    if family == "gpt2":
+        return gpt2_small(quick, seed)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(_family_config(family, quick), attn_implementation="sdpa").eval()
+
+
 def random_batch(vocab: int, B: int, P: int, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
     return Batch(

@@ -24,6 +24,7 @@ Quick start::
 """
 
 import importlib
+import sys
 from typing import Any
 
 # Submodules load lazily (PEP 562): `import circuits` (and the CLI's `circuits models`/`circuits tasks`)
@@ -31,7 +32,8 @@ from typing import Any
 _EXPORTS: dict[str, str] = {
     "zoo": "",  # a subpackage: circuits.zoo
     "prune": "circuit",  # the module circuits.circuit.prune
-    **dict.fromkeys(["CircuitReport", "Curve", "evaluate_circuit", "faithfulness_curve", "node_roc", "roc"], "evaluation"),
+    **dict.fromkeys(["CircuitReport", "Comparison", "Curve", "compare", "evaluate_circuit",
+                     "faithfulness_curve", "node_roc", "roc"], "evaluation"),
     **dict.fromkeys(["Graph", "GraphLayout", "KeepMask", "Provenance", "Scoring", "Selection"], "graph"),
     **dict.fromkeys(["SUPPORTED_MODEL_TYPES", "get_adapter", "graph_for"], "models"),
     **dict.fromkeys(["PatchRunner", "acdc", "exact_edge_effects", "iterative_prune", "path_patching",
@@ -62,11 +64,33 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
 
+def _notebook_html(obj: Any) -> str | None:
+    """IPython's HTML for a Graph or CircuitReport (circuits.render.notebook, imported on first display)."""
+    return importlib.import_module(f"{__name__}.render.notebook").to_html(obj)
+
+
+def _register_notebook_display() -> None:
+    """Inside IPython/Jupyter, show graphs (their diagram) and reports (a table) as HTML.
+
+    Registered by class name, so nothing heavy is imported until an object is displayed.
+    """
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    if shell is None:
+        return
+    html = shell.display_formatter.formatters["text/html"]
+    html.for_type_by_name("circuits.graph.graph", "Graph", _notebook_html)
+    html.for_type_by_name("circuits.evaluation.report", "CircuitReport", _notebook_html)
+
+
+_register_notebook_display()
+
 __version__ = "0.2.0"
 
 __all__ = [
     "Batch",
     "CircuitReport",
+    "Comparison",
     "Curve",
     "Discovery",
     "Graph",
@@ -86,6 +110,7 @@ __all__ = [
     "__version__",
     "acdc",
     "attribute",
+    "compare",
     "discover",
     "evaluate_circuit",
     "exact_edge_effects",

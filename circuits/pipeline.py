@@ -28,6 +28,7 @@ from .circuit.minimal import refine as refine_circuit
 from .evaluation import CircuitReport, Curve, evaluate_circuit, faithfulness_curve
 from .graph import Graph, Scoring
 from .models import graph_for
+from .parallel import Parallel, world
 from .patching import PatchRunner, acdc, exact_edge_effects
 from .render import plot_curves, render
 from .scores import METHODS, attribute, edge_pruning
@@ -79,12 +80,14 @@ def score(
     progress: bool = False,
     seed: int = 0,
     runner: PatchRunner | None = None,
+    parallel: Parallel = "data",
 ) -> Graph:
     """Scores for every edge by ``method`` (for ``acdc`` the graph also holds ACDC's circuit).
 
     ``steps``: IG steps (``eap-ig-*``, default 5) or optimisation steps (``edge-pruning``, default
     200); ``target_edges``: edge pruning's size (default 5 % of the edges); ``runner``: the training
-    split's prepared runs, reused by ``exact`` when given.
+    split's prepared runs, reused by ``exact`` when given; ``parallel``: how a process group shares
+    exact effects (:data:`~circuits.parallel.Parallel`; attribution, ACDC and edge pruning split the data).
     """
     if method not in DISCOVERY_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(DISCOVERY_METHODS)}")
@@ -97,7 +100,7 @@ def score(
         return acdc(model, train, tau, metric=metric or "kl_div", batch_size=batch_size, progress=progress).graph
     if method == "exact":
         t0 = time.perf_counter()
-        r = runner or PatchRunner(model, train, metric, batch_size=batch_size)
+        r = runner or PatchRunner(model, train, metric, batch_size=batch_size, parallel=parallel)
         eff = exact_edge_effects(None, None, progress=progress, runner=r)
         scoring = Scoring(method="exact", metric=r.metric_name, n_examples=r.n_examples,
                           seconds=round(time.perf_counter() - t0, 4))
@@ -137,6 +140,7 @@ def discover(
     model_name: str = "",
     progress: bool = False,
     seed: int = 0,
+    parallel: Parallel = "data",
 ) -> Discovery:
     """Score edges on ``train``, select a circuit, evaluate it (and its curve) on ``test``.
 
@@ -146,19 +150,23 @@ def discover(
     ``refine`` then makes it 1-minimal by exact patching (:func:`~circuits.circuit.minimal.refine`).
     The report records the search, the refinement and the held-out faithfulness with its bootstrap
     interval. Nothing is written; see :func:`write_outputs`.
+
+    In a ``torch.distributed`` process group every rank calls this with the same arguments and gets
+    the same result; ``parallel`` says whether exact effects, the size search, refinement, evaluation
+    and the curve split the examples (``data``) or the masks (``masks``) across ranks.
     """
     _check_size_choice(method, edges, threshold, faithfulness, refine)
     runner = None
     if faithfulness is not None:  # refuse an unreachable or undefined target before the expensive scoring
         check_target(faithfulness)
-        runner = PatchRunner(model, train, metric, batch_size=batch_size)
+        runner = PatchRunner(model, train, metric, batch_size=batch_size, parallel=parallel)
         check_runner(runner)
     if method == "edge-pruning":
         signed = True  # gate logits: larger = more open; |log α| would put strongly pruned edges first
     timings: dict[str, float] = {}
     t0 = t = time.perf_counter()
     scores = score(model, train, method, metric=metric, steps=steps, tau=tau, batch_size=batch_size,
-                   progress=progress, target_edges=edges, seed=seed, runner=runner)
+                   progress=progress, target_edges=edges, seed=seed, runner=runner, parallel=parallel)
     timings["scoring"] = time.perf_counter() - t
     scores = scores.with_provenance(model=model_name or scores.provenance.model, task=train.name)
     t = time.perf_counter()
@@ -171,7 +179,7 @@ def discover(
         circuit = select(scores, edges=edges, threshold=threshold, rule=rule, signed=signed)
     timings["selection"] = time.perf_counter() - t
     t = time.perf_counter()
-    held_out = PatchRunner(model, test, metric, batch_size=batch_size)  # the test split's runs, prepared once
+    held_out = PatchRunner(model, test, metric, batch_size=batch_size, parallel=parallel)  # prepared once
     report = evaluate_circuit(model, circuit, test, batch_size=batch_size, runner=held_out, progress=progress)
     timings["evaluation"] = time.perf_counter() - t
     crv = None
@@ -187,7 +195,8 @@ def discover(
     report.settings.update({"n_train": len(train), "n_test": len(test), "method": method,
                             "steps": steps if method in (*IG_METHODS, "edge-pruning") else None,
                             "edges": edges, "threshold": threshold, "faithfulness_target": faithfulness,
-                            "refine": refine, "rule": rule, "signed": signed})
+                            "refine": refine, "rule": rule, "signed": signed, "processes": world()[1],
+                            "parallel": parallel if world()[1] > 1 else None})
     return Discovery(scores, circuit, report, crv)
 
 

@@ -114,7 +114,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_help_shows_defaults_examples_and_names():
     parser = cli.build_parser()
     subs = _subparsers(parser)
-    assert set(subs) == {"discover", "evaluate", "render", "patch", "tasks", "models"}
+    assert set(subs) == {"discover", "evaluate", "render", "patch", "tasks", "models", "export-mib", "compare"}
     for name, sub in subs.items():
         text = sub.format_help()
         assert "examples:\n  circuits " + name in text, name
@@ -558,3 +558,19 @@ def test_unreachable_target_writes_the_best_circuit_and_says_so(tmp_path, capsys
     assert code == 1 and "target not met" in err and "Traceback" not in err
     report = json.loads((out / "report.json").read_text())
     assert report["search"]["target_met"] is False and (out / "circuit.json").exists()
+
+
+
+def test_hub_name_not_cached_offline_is_one_line(tmp_path, capsys, monkeypatch):
+    """A hub id that is not in the local cache, with HF_HUB_OFFLINE=1: exit 2, one `error:` line saying so
+    and how to get it, no traceback, no outputs. (In-process: the offline switch is read when the name is
+    resolved, so setting it here is what setting it before the run does; the cache is an empty folder.)"""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    error_of(["discover", "--model", "nobody/not-cached-model", "--task", "ioi", "--out", str(out)], capsys,
+                    "--model", "not in the local cache", "HF_HUB_OFFLINE",
+                    "huggingface-cli download nobody/not-cached-model", "HF_HOME")
+    assert empty(out)

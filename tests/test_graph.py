@@ -22,6 +22,35 @@ def test_edge_counts_match_reference(config, edges):
     assert g.n_edges == edges == expected_edge_count(g.n_layers, g.n_heads)
 
 
+def closed_form_edges(L: int, H: int, parallel: bool) -> int:
+    """docs/concepts.md: E = (3H+1)(H+1)·L(L-1)/2 + L(5H+2) + 1, or L(4H+2) for parallel blocks."""
+    return (3 * H + 1) * (H + 1) * L * (L - 1) // 2 + L * ((4 if parallel else 5) * H + 2) + 1
+
+
+def _new_family_configs():
+    from transformers import GPTJConfig, MixtralConfig, OlmoeConfig, Phi3Config, Qwen2MoeConfig
+
+    llama8b = dict(num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, hidden_size=4096)
+    qwen05b = dict(num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, hidden_size=896)
+    return [
+        (Phi3Config(**llama8b), 1592881, False),   # the MIB counts at the Llama-3.1-8B shape ...
+        (MixtralConfig(**llama8b), 1592881, False),
+        (Qwen2MoeConfig(**qwen05b), 179749, False),  # ... and at the Qwen2.5-0.5B shape
+        (OlmoeConfig(num_hidden_layers=16, num_attention_heads=16, hidden_size=2048), 101273, False),  # OLMoE-1B-7B
+        (GPTJConfig(n_layer=28, n_head=16, n_embd=4096, rotary_dim=64), 316723, True),  # GPT-J-6B, parallel
+    ]
+
+
+@pytest.mark.parametrize("config,edges,parallel", _new_family_configs(), ids=lambda v: getattr(v, "model_type", ""))
+def test_edge_counts_of_new_families(config, edges, parallel):
+    """Edge counts from configs alone (no weights), equal to the MIB counts at the same shapes and to the
+    closed form of docs/concepts.md."""
+    g = graph_for(config)
+    assert g.parallel_attn_mlp is parallel
+    assert g.n_edges == edges == closed_form_edges(g.n_layers, g.n_heads, parallel)
+    assert g.n_edges == expected_edge_count(g.n_layers, g.n_heads, parallel_attn_mlp=parallel)
+
+
 def test_gpt2_small_nodes_and_names():
     g = graph_for(GPT2Config())
     assert g.n_nodes == 158

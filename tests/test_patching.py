@@ -45,6 +45,18 @@ def test_exact_effects_equal_slow_reference(setup):
         assert abs(eff[e].item() - slow_effect(tm, data[0], e)) < 1e-5
 
 
+def test_progress_bars_do_not_change_results(setup, capsys):
+    tm, data = setup
+    runner = PatchRunner(tm, data, "logit_diff", max_rows=8)
+    masks = (torch.rand(5, tm.layout.n_edges, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    with_bar = runner.evaluate(masks, progress=True)["m"]
+    assert "patching" in capsys.readouterr().err
+    assert torch.equal(with_bar, runner.evaluate(masks)["m"])
+    edges = torch.arange(10)
+    assert torch.equal(exact_edge_effects(None, None, edges=edges, runner=runner, progress=True)[edges],
+                       exact_edge_effects(None, None, edges=edges, runner=runner)[edges])
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("ablation,metric", [("patching", "logit_diff"), ("mean", "kl_div")])
 def test_sparse_exact_effects_equal_patched_forward(family, ablation, metric):

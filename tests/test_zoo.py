@@ -203,3 +203,39 @@ def test_training_script_smoke(tmp_path: Path) -> None:
     model, tokenizer = zoo.load(tmp_path)
     assert model.config.n_layer == 2
     assert tokenizer.bos_token_id == induction.BOS_ID
+
+
+def _fake_hub_cache(root: Path, repo_id: str, files: list[Path]) -> None:
+    """The Hugging Face cache layout for one model: ``models--owner--name/refs/main`` naming a commit and
+    ``snapshots/<commit>/`` holding the files (real files here; the hub client writes symlinks to blobs)."""
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for f in files:
+        (snap / f.name).write_bytes(f.read_bytes())
+
+
+def test_hub_name_loads_from_local_cache(tmp_path: Path, monkeypatch) -> None:
+    """`owner/name` resolves to its snapshot in the HF cache, offline, and loads like the folder it holds;
+    a partly cached or uncached name under HF_HUB_OFFLINE fails with the one-line how-to-get-it message."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    src = zoo.MODELS["stories260k"].path
+    _fake_hub_cache(tmp_path, "someone/stories-cached", [p for p in src.iterdir() if p.is_file()])
+    model, tokenizer = zoo.load("someone/stories-cached")
+    ref, _ = zoo.load("stories260k")
+    ids = tokenizer("Once upon a time", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, ref(ids).logits)
+    assert zoo.check_folder("someone/stories-cached").model_type == "llama"
+    _fake_hub_cache(tmp_path, "someone/config-only", [src / "config.json"])
+    with pytest.raises(ValueError, match="only part of it is cached"):
+        zoo.load("someone/config-only")
+    with pytest.raises(ValueError, match="not in the local cache") as err:
+        zoo.load("someone/never-downloaded")
+    assert "huggingface-cli download someone/never-downloaded" in str(err.value) and "\n" not in str(err.value)

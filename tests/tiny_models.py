@@ -57,6 +57,34 @@ def tiny_config(family: str):
             vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
         )
+    return _tiny_config_more(family)
+
+
+def _tiny_config_more(family: str):
+    """Phi-3, GPT-J and the mixture-of-experts families (2 layers, 4 experts, top-2)."""
+    import transformers as tf
+
+    llama_like = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+                      eos_token_id=2)
+    if family == "phi3":  # partial rotary and a sliding window
+        return tf.Phi3Config(**llama_like, intermediate_size=48, partial_rotary_factor=0.5, sliding_window=6)
+    if family == "gptj":  # rotary on 4 of 8 head dims
+        return tf.GPTJConfig(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, rotary_dim=4,
+                             n_inner=64, bos_token_id=1, eos_token_id=2)
+    moe = dict(num_experts_per_tok=2, intermediate_size=24)
+    if family == "mixtral":
+        return tf.MixtralConfig(**llama_like, **moe, num_local_experts=4)
+    if family == "qwen2_moe":  # layer 0 sparse (shared expert + gate), layer 1 a dense MLP
+        return tf.Qwen2MoeConfig(**llama_like, **moe, num_experts=4, moe_intermediate_size=24,
+                                 shared_expert_intermediate_size=32, decoder_sparse_step=1, mlp_only_layers=[1])
+    if family == "olmoe":  # full-width q/k norms; clip_qkv low enough to clip
+        return tf.OlmoeConfig(**llama_like, **moe, num_experts=4, clip_qkv=1.5)
+    return _tiny_config_post_norm(family)
+
+
+def _tiny_config_post_norm(family: str):
+    """Gemma-2, Gemma-3 (text) and OLMo-2: attention outputs normalised before the residual."""
     if family == "gemma2":
         from transformers import Gemma2Config
 
@@ -87,7 +115,8 @@ def tiny_config(family: str):
 
 #: families whose attention output is normalised before it joins the residual (non-additive heads)
 POST_NORM_FAMILIES = ["gemma2", "gemma3", "olmo2"]
-FAMILIES = ["gpt2", "gpt_neo", "gpt_neox", "gpt_neox_seq", "llama", "mistral", "qwen2", "qwen3", *POST_NORM_FAMILIES]
+FAMILIES = ["gpt2", "gpt_neo", "gpt_neox", "gpt_neox_seq", "llama", "mistral", "qwen2", "qwen3",
+            "phi3", "gptj", "mixtral", "qwen2_moe", "olmoe", *POST_NORM_FAMILIES]
 
 
 def tiny_model(family: str, seed: int = 0, dtype=torch.float32):

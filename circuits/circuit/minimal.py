@@ -40,7 +40,7 @@ from ..graph import Graph, Selection, reachability
 from ..patching import PatchRunner, exact_edge_effects
 from .prune import dangling_mask, topn_masks
 
-__all__ = ["INERT_DELTA", "MAX_TARGET", "MIN_EXAMPLES", "MIN_SPAN", "Refinement", "SizeSearch", "check_runner", "check_target",
+__all__ = ["INERT_DELTA", "MAX_TARGET", "MIN_EXAMPLES", "Refinement", "SizeSearch", "check_runner", "check_target",
            "keep_mask_gradient", "refine", "search_size"]
 
 MIN_EXAMPLES = 8
@@ -48,11 +48,6 @@ MIN_EXAMPLES = 8
 
 MAX_TARGET = 1.5
 """Largest accepted target (``f`` above 1 means the circuit beats the full model on the metric)."""
-
-MIN_SPAN = 1e-5
-"""``|m(N) - m(∅)|`` at or below this counts as zero: float32 metric values carry rounding noise of
-about this size (the clean and corrupted runs of identical prompts differ by ~1e-6 in the logits),
-so a smaller span would make ``f`` a ratio of noise."""
 
 RemovalEstimate = Literal["exact", "gradient"]
 """How :func:`refine` orders removal candidates: ``exact`` single-edge effects against the current
@@ -151,20 +146,17 @@ def check_runner(runner: PatchRunner) -> tuple[float, float]:
         )
     m_full, m_empty = runner.full_and_empty()
     # imported here: circuits.evaluation imports circuits.circuit (a module-level import would be circular)
-    from ..evaluation.faithfulness import normalized_faithfulness
+    from ..evaluation.faithfulness import NORMALIZATION_ATOL, normalized_faithfulness
 
     try:
         normalized_faithfulness(m_full, m_full, m_empty)
-        defined = abs(m_full - m_empty) > MIN_SPAN
     except ValueError:
-        defined = False
-    if not defined:
         raise ValueError(
             f"faithfulness is undefined on this data: m(N) = {m_full:.6g} (every edge kept) and m(∅) = {m_empty:.6g} "
-            f"(every edge removed) are equal up to {MIN_SPAN:g} or not finite, so f = (m(C) - m(∅)) / (m(N) - m(∅)) "
+            f"(every edge removed) are equal up to {NORMALIZATION_ATOL:g} or not finite, so f = (m(C) - m(∅)) / (m(N) - m(∅)) "
             "would divide by ~0. Removing every edge does not change the metric: check that the corrupted prompts "
             "change the answer, or use another metric / ablation."
-        )
+        ) from None
     return m_full, m_empty
 
 
@@ -445,7 +437,7 @@ def keep_mask_gradient(runner: PatchRunner, keep: torch.Tensor) -> torch.Tensor:
             values = runner.metric(out.logits, b.at_answer(), p.clean_logits)
             (g,) = torch.autograd.grad(values.float().sum(), [k])
             total += g.detach().double().cpu()
-    return (total / runner.n_examples).float()
+    return (runner.sum_examples(total) / runner.n_examples).float()
 
 
 def _verified_drop(faith: _Faith, graph: Graph, current: torch.Tensor, order: torch.Tensor,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -12,12 +13,15 @@ from typing import Any
 
 from .errors import UsageError, one_line
 from .parser import (
+    COMPARE_OUTPUTS,
     DATA_FORMATS,
     DISCOVER_OUTPUTS,
     DRAWING_FORMATS,
     IG_METHODS,
     INSTALL_GRAPHVIZ,
     MAX_DIAGRAM_EDGES,
+    MIB_MODELS,
+    MIB_TASKS,
     MIN_TRAIN,
     PLOT_FORMATS,
 )
@@ -34,6 +38,11 @@ from .preflight import (
     resolve_discover,
     same_model,
 )
+
+
+def _writes() -> bool:
+    """True unless this is a rank other than 0 of a ``torchrun`` job (rank 0 alone writes files)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -65,7 +74,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     found = discover(lm, train, test, args.method, metric=args.metric, edges=args.edges, threshold=args.threshold,
                      faithfulness=args.faithfulness, refine=args.refine, rule=args.prune, signed=args.signed,
                      steps=args.steps, tau=args.tau, batch_size=args.batch_size, curve=not args.no_curve,
-                     model_name=args.model, progress=not args.quiet, seed=args.seed)
+                     model_name=args.model, progress=not args.quiet, seed=args.seed, parallel=args.parallel)
     report = found.report
     report.timings.pop("total", None)
     report.timings["load_s"] = round(t_load, 4)
@@ -89,8 +98,9 @@ def cmd_discover(args: argparse.Namespace) -> int:
         "refine": args.refine,
         "curve": not args.no_curve,
     })
-    write_outputs(found, out, overwrite=args.force, force_render=args.force_render,
-                  title=f"{args.model} / {task.name}: faithfulness by circuit size")
+    if _writes():
+        write_outputs(found, out, overwrite=args.force, force_render=args.force_render,
+                      title=f"{args.model} / {task.name}: faithfulness by circuit size")
     for note in found.warnings:
         print(f"warning: {one_line(note)}", file=sys.stderr)
     circuit, curve = found.circuit, found.curve
@@ -170,7 +180,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ("KL to full", f"{report.kl_to_full:.4f}"),
         ("accuracy", f"{report.accuracy:.3f} (full model {report.accuracy_full:.3f})"),
     ]
-    if args.out:
+    if args.out and _writes():
         report.to_json(args.out, overwrite=args.force)
         rows.append(("written", str(args.out)))
     print(_table(rows))
@@ -237,7 +247,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
     progress(args, f"path patching {layout.n_layers * layout.n_heads} heads on {len(train)} examples ...")
     grid = path_patching_grid(lm, train, args.receivers, metric=args.metric, batch_size=args.batch_size,
                               normalize=args.normalize, progress=not args.quiet)
-    plot_heatmap(grid, out, title=f"path patching: heads -> {', '.join(args.receivers)} ({task.name})")
+    if _writes():
+        plot_heatmap(grid, out, title=f"path patching: heads -> {', '.join(args.receivers)} ({task.name})")
     for layer in range(grid.shape[0]):
         print(f"  L{layer:<3}" + " ".join(f"{v:+8.4f}" if v == v else "     n/a" for v in grid[layer].tolist()))
     print(f"wrote {out}")
@@ -263,6 +274,110 @@ def cmd_models(args: argparse.Namespace) -> int:
         e = zoo.MODELS[name]
         gt = " [ground truth]" if e.has_ground_truth else ""
         print(f"  {name:<{w}}  task={e.task:<12} {e.description}{gt}")
-    print(f"  {'FOLDER':<{w}}  any local transformers folder (GPT-2, GPT-Neo, GPT-NeoX/Pythia, Llama, Mistral, Qwen2, Qwen3, "
-          "Gemma-2, Gemma-3, OLMo-2)")
+    print(f"  {'FOLDER':<{w}}  any local transformers folder (GPT-2, GPT-Neo, GPT-NeoX/Pythia, GPT-J, Llama, "
+          "Mistral, Qwen2, Qwen3, Phi-3, Mixtral, Qwen2-MoE, OLMoE, Gemma-2, Gemma-3, OLMo-2)")
     return 0
+
+
+def cmd_export_mib(args: argparse.Namespace) -> int:
+    task = args.task.strip().lower().replace("_", "-")
+    if task not in MIB_TASKS:
+        raise UsageError(f"--task {args.task}: not a MIB task; MIB's tasks: {', '.join(MIB_TASKS)}")
+    if args.model.strip().lower() not in MIB_MODELS:
+        raise UsageError(f"--model {args.model}: not a MIB model; MIB's models: {', '.join(MIB_MODELS)}")
+    out = Path(args.out)
+    check_out_folder(out, [], args.force)  # a folder we can write in
+    graph = load_circuit(args.scores)
+
+    from ..render.mib_submission import folder_name, write_submission
+
+    try:
+        name = folder_name(task, args.model)
+    except ValueError as err:
+        raise UsageError(f"--task {args.task} --model {args.model}: {err}") from None
+    target = out / name
+    if target.is_dir() and any(target.iterdir()) and not args.force:
+        raise UsageError(f"--out {out}: {target} already holds files; pass --force to replace its MIB files")
+    try:
+        files = write_submission(graph, out, task, args.model, "circuits" if args.circuits else "importances",
+                                 overwrite=args.force)
+    except ValueError as err:
+        raise UsageError(f"{args.scores}: {err}") from None
+    rows = [("folder", f"{target} ({'nine binary circuits' if args.circuits else 'importance scores'})")]
+    rows += [(f.name, f"{n} of {graph.n_edges} edges" if args.circuits else f"{graph.n_edges} edge scores")
+             for f, n in files.items()]
+    print(_table(rows))
+    return 0
+
+
+def _compare_inputs(args: argparse.Namespace) -> tuple[list[str], int | None]:
+    """The circuit files (the reference added first when it is not among them) and the reference's index."""
+    files = list(args.circuits)
+    if args.reference is not None and args.reference not in files:
+        files.insert(0, args.reference)
+    if len(files) < 2:
+        raise UsageError(f"compare needs at least 2 circuit files, got {len(files)}: {' '.join(files)}")
+    twice = sorted({f for f in files if files.count(f) > 1})
+    if twice:
+        raise UsageError(f"{twice[0]} is given twice; compare distinct circuit files")
+    if args.task is not None and args.model is None:
+        raise UsageError("--task needs --model (the faithfulness of the intersection and union is measured on it)")
+    return files, None if args.reference is None else files.index(args.reference)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    files, ref = _compare_inputs(args)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_out_folder(out, COMPARE_OUTPUTS, args.force)
+    graphs = [load_circuit(f) for f in files]
+    for f, g in zip(files[1:], graphs[1:]):
+        if not g.same_shape(graphs[0]):
+            raise UsageError(f"{f} is a circuit of {g.n_layers} layers x {g.n_heads} heads, but {files[0]} is of "
+                             f"{graphs[0].n_layers} layers x {graphs[0].n_heads} heads; compare circuits of one model")
+    lm = test = None
+    if args.model is not None:
+        model = Model(args.model, require_tokenizer=not is_planted(args.model, args.task))
+        if model.layout.shape != graphs[0].layout.shape:
+            raise UsageError(f"--model {args.model} has {model.shape_text()}, but the circuits ({files[0]}, ...) are of "
+                             f"{graphs[0].n_layers} layers x {graphs[0].n_heads} heads")
+        args.metric, args.test_fraction = None, 0.5
+        lm, _, _, test = prepare(args, model)
+
+    from ..evaluation.compare import compare
+
+    progress(args, f"comparing {len(files)} circuits" + ("" if lm is None else f" and evaluating on {len(test)} examples"))
+    result = compare(graphs, files, reference=ref, model=lm, data=test, batch_size=args.batch_size)
+    notes: list[str] = []
+    if out is not None:
+        _write_compare(result, graphs, files, out, notes)
+    print(result.table())
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    if out is not None:
+        print(f"wrote {out}: " + ", ".join(n for n in COMPARE_OUTPUTS if (out / n).exists()))
+    return 0
+
+
+def _write_compare(result: Any, graphs: list, files: list[str], out: Path, notes: list[str]) -> None:
+    """compare.json and the diagram into ``out``, all or nothing (staged in a sibling folder)."""
+    import os
+    import tempfile
+
+    from ..render.compare import render_compare
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        result.to_json(stage / "compare.json")
+        if result.n_union > MAX_DIAGRAM_EDGES:
+            notes.append(f"diagram skipped: the union has {result.n_union} edges (more than {MAX_DIAGRAM_EDGES})")
+        elif shutil.which("dot") is None:
+            notes.append(f"diagram skipped: Graphviz's `dot` program is not on PATH ({INSTALL_GRAPHVIZ})")
+        else:
+            render_compare(graphs, files, stage / "compare.svg")
+        out.mkdir(exist_ok=True)
+        for f in sorted(stage.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -23,6 +23,10 @@ DRAWING_FORMATS: tuple[str, ...] = ("dot", "svg", "png", "pdf", "html")
 LOADABLE: tuple[str, ...] = ("json", "graphml", "gexf", "csv")
 SUFFIX_ALIASES: dict[str, str] = {"gv": "dot", "xml": "graphml", "htm": "html"}
 PLOT_FORMATS: tuple[str, ...] = ("png", "svg", "pdf")
+MIB_TASKS: tuple[str, ...] = ("ioi", "mcqa", "arithmetic-addition", "arithmetic-subtraction", "arc-easy", "arc-challenge")
+MIB_MODELS: tuple[str, ...] = ("gpt2", "qwen2.5", "gemma2", "llama3", "interpbench")
+"""= circuits.render.mib_submission.MIB_TASKS / MIB_MODELS (which import torch); a test checks they agree."""
+COMPARE_OUTPUTS: tuple[str, ...] = ("compare.json", "compare.svg")
 MAX_DIAGRAM_EDGES = 500  # = circuits.pipeline.MAX_DIAGRAM_EDGES (which imports torch); the test checks they agree
 INSTALL_GRAPHVIZ = "apt-get install graphviz, brew install graphviz or conda install -c conda-forge graphviz"
 DEFAULTS = {"n_examples": 200, "edges": 50, "prune": "topn", "steps": 5, "tau": 0.01, "pruning_steps": 200}
@@ -95,7 +99,9 @@ def _examples(*lines: str) -> str:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="NAME|FOLDER",
-                   help="zoo model name (see `circuits models`) or a local transformers folder")
+                   help="zoo model name (see `circuits models`), a local transformers folder, or a Hugging Face "
+                        "name such as Qwen/Qwen2.5-0.5B (from the local cache; downloaded first when the hub is "
+                        "reachable and HF_HUB_OFFLINE is not set)")
     p.add_argument("--task", default=None, metavar="NAME|FILE",
                    help="built-in task (see `circuits tasks`) or a .csv/.jsonl file (default: the zoo model's task)")
     p.add_argument("--metric", default=None, choices=METRICS, metavar="NAME",
@@ -138,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(command)
     _add_render(command)
     _add_patch(command)
+    _add_export_mib(command)
+    _add_compare(command)
     command("tasks", "list the built-in tasks", _examples("circuits tasks"))
     command("models", "list the zoo models", _examples("circuits models"))
     return p
@@ -175,6 +183,10 @@ def _add_discover(command: _Command) -> None:
                         f"or optimisation steps of edge-pruning (default: {DEFAULTS['pruning_steps']})")
     d.add_argument("--tau", type=_float_type(0.0), default=None, metavar="T",
                    help=f"ACDC's threshold, only with --method acdc (default: {DEFAULTS['tau']})")
+    d.add_argument("--parallel", choices=("data", "masks"), default="data",
+                   help="under torchrun with several processes: split the examples (data) or, for exact effects, "
+                        "--faithfulness/--refine, evaluation and the curve, the masks (masks; when the data is "
+                        "small and the edges many); see docs/scaling.md")
     d.add_argument("--no-curve", action="store_true", help="skip the faithfulness curve")
     d.add_argument("--out", required=True, metavar="FOLDER", help="output folder (written all or nothing)")
     d.add_argument("--force", action="store_true", help="overwrite results already in --out")
@@ -229,3 +241,44 @@ def _add_patch(command: _Command) -> None:
     pp.add_argument("--normalize", action="store_true", help="divide by m(clean) - m(corrupted)")
     pp.add_argument("--out", default="path_patching.png", metavar="FILE", help="heatmap file (.png .svg .pdf)")
     pp.add_argument("--force", action="store_true", help="overwrite --out")
+
+
+def _add_export_mib(command: _Command) -> None:
+    x = command("export-mib", "write a MIB circuit-track submission folder from edge scores", _examples(
+        "circuits export-mib runs/ioi/circuit.json --task ioi --model gpt2 --out submission",
+        "circuits export-mib scores.json --task mcqa --model qwen2.5 --out submission --circuits",
+    ))
+    x.add_argument("scores", metavar="FILE",
+                   help="scores of every edge: circuit.json (from discover), .graphml, .gexf, .csv or an EAP-IG JSON")
+    x.add_argument("--task", required=True, metavar="NAME", help=f"MIB task: {', '.join(MIB_TASKS)}")
+    x.add_argument("--model", required=True, metavar="NAME", help=f"MIB model: {', '.join(MIB_MODELS)}")
+    x.add_argument("--out", required=True, metavar="FOLDER",
+                   help="submission folder; OUT/{task}_{model}/ is written, all or nothing")
+    x.add_argument("--circuits", action="store_true",
+                   help="write the nine binary circuits (<= 0.1 ... 50 %% of edges) instead of the importance scores")
+    x.add_argument("--force", action="store_true", help="replace the MIB files already in OUT/{task}_{model}/")
+
+
+def _add_compare(command: _Command) -> None:
+    c = command("compare", "compare circuits: overlap, rank correlation, faithfulness of intersection and union",
+                _examples(
+                    "circuits compare runs/eap/circuit.json runs/exact/circuit.json",
+                    "circuits compare truth.json a.json b.json --reference truth.json --out cmp",
+                    "circuits compare a.json b.json --model induction-2l --task induction --out cmp",
+                ))
+    c.add_argument("circuits", nargs="+", metavar="FILE", help="two or more circuit files of one model")
+    c.add_argument("--reference", default=None, metavar="FILE",
+                   help="one of the files, e.g. a ground truth: precision and recall of the others against it (default: none)")
+    c.add_argument("--model", default=None, metavar="NAME|FOLDER",
+                   help="measure the faithfulness of the intersection and the union on this model (default: none, no faithfulness)")
+    c.add_argument("--task", default=None, metavar="NAME|FILE", help="task for the faithfulness (default: the zoo model's task)")
+    c.add_argument("--n-examples", type=_int_type(2), default=None, metavar="N",
+                   help=f"examples for the faithfulness (default: {DEFAULTS['n_examples']} for a built-in task)")
+    c.add_argument("--batch-size", type=_int_type(1), default=32, metavar="N", help="examples per forward pass")
+    c.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
+    c.add_argument("--dtype", default="float32", choices=DTYPES, help="model precision")
+    c.add_argument("--seed", type=_int_type(0, 2**63 - 1), default=0, metavar="N", help="seed for data generation")
+    c.add_argument("--out", default=None, metavar="FOLDER",
+                   help="write compare.json and the diagram compare.svg here (all or nothing; default: print only)")
+    c.add_argument("--force", action="store_true", help="overwrite compare.json / compare.svg in --out")
+    c.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -47,6 +47,10 @@ def resolve_discover(args: argparse.Namespace) -> None:
             raise UsageError("--prune only applies with --edges; --faithfulness searches top-k circuits")
     if "--prune" in given and "--threshold" in given:
         raise UsageError("--prune only applies with --edges, not with --threshold; drop one of them")
+    if args.parallel == "masks" and (int(os.environ.get("WORLD_SIZE", "1")) <= 1 or m in ("acdc", "edge-pruning")):
+        why = (f"--method {m} always splits the examples" if m in ("acdc", "edge-pruning") else
+               "it needs several processes (launch with torchrun --nproc-per-node N -m circuits discover ...)")
+        raise UsageError(f"--parallel masks does not apply here: {why}; drop --parallel")
     args.tau = DEFAULTS["tau"] if args.tau is None else args.tau
     default_steps = DEFAULTS["pruning_steps"] if m == "edge-pruning" else DEFAULTS["steps"]
     args.steps = default_steps if args.steps is None else args.steps

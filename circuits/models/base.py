@@ -128,6 +128,18 @@ class Adapter:
         layers use different rotary bases return one pair per layer type (see :meth:`layer_rotary`)."""
         return None
 
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotary on the first ``rot_dim`` dims of queries or keys ``x`` [B, H, P, dh] (rotate-half
+        pairing; GPT-J overrides it with rotate-every-two)."""
+        return apply_rotary(x, cos, sin)
+
+    def run_mlp(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """The MLP module on a normalised input ``h`` [..., P, d] (any leading dims: mixture-of-experts
+        blocks in `transformers` take exactly ``[B, P, d]``, so leading dims are folded into one)."""
+        lead = h.shape[:-2]
+        out = self.mlp(layer)(h.reshape(-1, *h.shape[-2:]))
+        return out.reshape(*lead, *out.shape[-2:])
+
     def layer_rotary(self, rot: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Layer ``layer``'s ``(cos, sin)`` from what :meth:`rotary` returned (the same pair by default)."""
         return rot

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..graph import Graph, Scoring, Selection, reachability
 from ..models import graph_for
+from ..parallel import is_main
 from ..runtime import TracedModel
 from ..tasks import Batch, Task
 from .runner import Ablation, PatchRunner
@@ -69,7 +70,7 @@ def acdc(
     r = PatchRunner(model, data, metric, ablation, batch_size, max_rows)
     sweep = _Sweep(r, threshold, absolute, atol)
     pbar = None
-    if progress:
+    if progress and is_main():  # other ranks of a process group stay quiet
         from tqdm.auto import tqdm
 
         pbar = tqdm(total=r.layout.n_edges, desc="ACDC", unit="edge")

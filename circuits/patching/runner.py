@@ -8,6 +8,11 @@ Identical masks are evaluated once; the all-kept mask takes the clean run's logi
 when removed edges read the corrupted run, the all-removed mask takes the corrupted run's
 (both identities are tested in tests/runtime/test_traced.py).
 
+In a ``torch.distributed`` process group (:mod:`circuits.parallel`) the runner holds this rank's
+shard of the examples and every mean is all-reduced (``parallel="data"``), or it holds every
+example and evaluates this rank's share of the masks (``parallel="masks"``); either way
+:meth:`PatchRunner.evaluate` returns the same values on every rank.
+
 Effects use the attribution sign: ``effect = badness(patched) - badness(reference)`` where
 badness is ``-m`` for a metric where higher is better (``m`` for KL/NLL), so positive means
 the patched edges supported the behaviour.
@@ -24,6 +29,7 @@ from torch import nn
 
 from ..graph import GraphLayout, KeepMask
 from ..metrics import get_metric, is_higher_better, metric_name
+from ..parallel import PARALLEL_MODES, Parallel, agree, all_reduce_sum, fingerprint, gather_cat, is_main, shard_range, world
 from ..runtime import Patch, Prefix, RunOutput, TracedModel, as_traced
 from ..tasks import Batch, Task, as_batches, task_metric
 
@@ -54,6 +60,7 @@ class PatchRunner:
         ablation: what removed edges read (:data:`Ablation`).
         batch_size: examples per batch when ``data`` is a Task.
         max_rows: at most this many ``mask x example`` rows per forward pass.
+        parallel: in a process group, split the examples (``data``) or the masks (``masks``).
     """
 
     def __init__(
@@ -64,9 +71,12 @@ class PatchRunner:
         ablation: Ablation = "patching",
         batch_size: int = 16,
         max_rows: int = 512,
+        parallel: Parallel = "data",
     ) -> None:
         if ablation not in ABLATIONS:
             raise ValueError(f"unknown ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
+        if parallel not in PARALLEL_MODES:
+            raise ValueError(f"unknown parallel mode {parallel!r}; valid: {', '.join(PARALLEL_MODES)}")
         self.tm = as_traced(model)
         self.layout: GraphLayout = self.tm.layout
         metric = task_metric(metric, data)
@@ -75,10 +85,11 @@ class PatchRunner:
         self.higher = is_higher_better(self.metric)
         self.max_rows = max_rows
         self.ablation: Ablation = ablation
-        batches = [b.to(self.tm.device) for b in as_batches(data, batch_size)]
+        self.parallel: Parallel = parallel
+        local, self.n_examples = shard_data(self.tm, data, batch_size, split=parallel == "data")
+        batches = [b.to(self.tm.device) for b in local]
         with torch.no_grad():
             self.prepared = self._prepare(batches)
-        self.n_examples = sum(len(p.batch) for p in self.prepared)
 
     def _prepare(self, batches: list[Batch]) -> list[PreparedBatch]:
         tm, ablation = self.tm, self.ablation
@@ -97,6 +108,9 @@ class PatchRunner:
             tot = sum((clean.senders * b.attention_mask[None, :, :, None].to(clean.senders.dtype)).sum(dim=(1, 2))
                       for b, clean, _ in runs)
             count = sum(float(b.attention_mask.sum()) for b, _, _ in runs)
+            if self.parallel == "data":  # the mean over every rank's examples
+                tot = all_reduce_sum(torch.as_tensor(tot, dtype=torch.float64)).to(tm.dtype)
+                count = float(all_reduce_sum(torch.tensor([count], dtype=torch.float64)))
             mean = (tot / count)[:, None, None, :]
         out = []
         for b, clean, corr in runs:
@@ -137,14 +151,19 @@ class PatchRunner:
         if resume_from is not None:
             full = empty = torch.zeros_like(full)
         patched = (~full & ~empty).nonzero().flatten()
-        values = {k: torch.zeros(len(uniq), self.n_examples, dtype=torch.float64) for k in fns}  # [U, N]
+        if self.parallel == "masks":  # this rank's share of the masks; rank 0 also takes the full/empty ones
+            patched = patched[self.mask_share(len(patched))]
+            if world()[0] != 0:
+                full, empty = torch.zeros_like(full), torch.zeros_like(empty)
+        n_local = sum(len(p.batch) for p in self.prepared)
+        values = {k: torch.zeros(len(uniq), n_local, dtype=torch.float64) for k in fns}  # [U, N_local]
         starts = [0]
         for p in self.prepared:
             starts.append(starts[-1] + len(p.batch))
         work = [(i, p, patched[c0:c0 + self.rows_per_forward(p)])
                 for i, p in enumerate(self.prepared) for c0 in range(0, len(patched), self.rows_per_forward(p))]
         it: Iterable = work
-        if progress and work:
+        if progress and work and is_main():
             from tqdm.auto import tqdm
 
             it = tqdm(work, desc="patching", unit="chunk")
@@ -166,8 +185,26 @@ class PatchRunner:
                 for k, fn in fns.items():
                     values[k][rows, starts[i]:starts[i + 1]] = self.chunk_values(p, out.logits, len(rows), fn)
         if per_example:
-            return {k: v[inverse] for k, v in values.items()}
-        return {k: (v.sum(1) / self.n_examples)[inverse] for k, v in values.items()}
+            return {k: self.gather_masks(self.gather_examples(v))[inverse] for k, v in values.items()}
+        return {k: (self.gather_masks(self.sum_examples(v.sum(1))) / self.n_examples)[inverse] for k, v in values.items()}
+
+    # ------------------------------------------------------------------ across ranks (identity in one process)
+    def sum_examples(self, total: torch.Tensor) -> torch.Tensor:
+        """A sum over this rank's examples -> the sum over every example (all-reduced when the data is split)."""
+        return all_reduce_sum(total) if self.parallel == "data" else total
+
+    def gather_examples(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-example values ``[..., N_local]`` -> ``[..., N]`` in data order (gathered when the data is split)."""
+        return gather_cat(values, dim=-1) if self.parallel == "data" else values
+
+    def mask_share(self, n: int) -> slice:
+        """The part of ``n`` masks (or edges) this rank evaluates: all of them unless the masks are split."""
+        r = shard_range(n) if self.parallel == "masks" else range(n)
+        return slice(r.start, r.stop)
+
+    def gather_masks(self, values: torch.Tensor) -> torch.Tensor:
+        """Rows computed by their owning rank (zeros elsewhere) -> every row on every rank."""
+        return all_reduce_sum(values) if self.parallel == "masks" else values
 
     def metric_values(self, masks: KeepMask, progress: bool = False) -> torch.Tensor:
         """Mean of the runner's metric for each keep-mask ``[K, E]`` -> ``[K]`` float32."""
@@ -208,6 +245,40 @@ class PatchRunner:
         E = self.layout.n_edges
         v = self.metric_values(torch.stack([torch.ones(E), torch.zeros(E)]))
         return float(v[0]), float(v[1])
+
+
+def shard_data(tm: TracedModel, data: Task | Iterable[Batch], batch_size: int, split: bool = True) -> tuple[list[Batch], int]:
+    """This rank's batches and the number of examples over all ranks.
+
+    A Task is split by examples into contiguous shards in rank order, then batched; given batches
+    are split by batch. With ``split=False`` (or one process) every rank keeps all the data. In a
+    process group the ranks must hold the same model and data (checked: :class:`~circuits.parallel.RankMismatchError`).
+    """
+    rank, size = world()
+    if isinstance(data, Task):
+        batches = None
+        n = len(data)
+        if n == 0:
+            raise ValueError("the dataset is empty: the task has no examples")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    else:
+        batches = as_batches(data, batch_size)
+        n = sum(len(b) for b in batches)
+    if size > 1:
+        agree("the model", tm.fingerprint())
+        agree("the data", (n, fingerprint(*(data.clean_ids, data.corrupted_ids, data.answers) if batches is None
+                                          else [t for b in batches for t in (b.clean, b.corrupted, b.answers)])))
+    if not split or size == 1:
+        return (batches if batches is not None else list(data.batches(batch_size))), n
+    units = n if batches is None else len(batches)
+    if units < size:
+        raise ValueError(f"{units} {'examples' if batches is None else 'batches'} cannot be shared by {size} processes; "
+                         "use more examples or fewer processes")
+    mine = shard_range(units, rank, size)
+    if batches is not None:
+        return [batches[i] for i in mine], n
+    return [data.batch(range(s, min(s + batch_size, mine.stop))) for s in range(mine.start, mine.stop, batch_size)], n
 
 
 def masked_metric(

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 
 import torch
 
-from ..models.base import apply_rotary
+from ..parallel import is_main
 from ..runtime import PlainIO, Prefix, causal_mask, default_position_ids
 from .runner import PatchRunner, PreparedBatch
 
@@ -42,7 +42,9 @@ def single_edge_metric_values(runner: PatchRunner, edges: torch.Tensor, progress
     order of ``edges``.
     """
     lay = runner.layout
-    edges = edges.long().flatten()
+    all_edges = edges.long().flatten()
+    share = runner.mask_share(len(all_edges))  # in a process group splitting the masks: this rank's edges
+    edges = all_edges[share]
     layer_of = lay.edge_layer(edges)
     order = torch.argsort(layer_of * lay.n_receivers + lay.edge_receiver[edges], stable=True)
     total = torch.zeros(len(edges), dtype=torch.float64)
@@ -54,7 +56,7 @@ def single_edge_metric_values(runner: PatchRunner, edges: torch.Tensor, progress
             for k0 in range(0, len(sel), per):
                 work.append((p, layer, sel[k0:k0 + per]))
     it: Iterable = work
-    if progress:
+    if progress and is_main():
         from tqdm.auto import tqdm
 
         it = tqdm(work, desc="exact effects", unit="chunk")
@@ -67,7 +69,9 @@ def single_edge_metric_values(runner: PatchRunner, edges: torch.Tensor, progress
                 base = base_cache[id(p)] = _Base(runner, p)
             logits = base.patched_logits(layer, edges[sel])  # [n * B, 1, V]
             total[sel] += runner.chunk_metric(p, logits, len(sel))
-    return (total / runner.n_examples).float()
+    out = torch.zeros(len(all_edges), dtype=torch.float64)
+    out[share] = total
+    return (runner.gather_masks(runner.sum_examples(out)) / runner.n_examples).float()
 
 
 class _Base:
@@ -114,7 +118,8 @@ class _Base:
             q, k, v = PlainIO().qkv(self.tm.blocks[layer], self.resid[layer], None)
             rot = self.tm.adapter.layer_rotary(self.rot, layer)
             if rot is not None:
-                q, k = apply_rotary(q, *rot), apply_rotary(k, *rot)
+                rotate = self.tm.adapter.rotate
+                q, k = rotate(q, *rot), rotate(k, *rot)
             self.layer_cache = {layer: {"q": q, "k": k, "v": v}}  # keep one layer only
         return self.layer_cache[layer]
 
@@ -171,7 +176,7 @@ class _Base:
         y = a.project_heads(layer, x, heads, comp).transpose(0, 1)  # [B, K, P, dh]
         rot = a.layer_rotary(self.rot, layer)
         if rot is not None:  # queries and keys are rotated, values are not
-            y = torch.where((comp == 2)[None, :, None, None], y, apply_rotary(y, *rot))
+            y = torch.where((comp == 2)[None, :, None, None], y, a.rotate(y, *rot))
         base = self.layer(layer)
         c = comp[None, :, None, None]
         q = torch.where(c == 0, y, base["q"][:, heads])

@@ -169,13 +169,14 @@ def _html_lines(text: str, bold_first: bool) -> str:
     return "<br/>".join(lines)
 
 
-def _legend_label(edges: Sequence[DrawnEdge], collapse_heads: bool, merge_qkv: bool) -> str:
+def _legend_label(edges: Sequence[DrawnEdge], collapse_heads: bool, merge_qkv: bool,
+                  color_legend: Sequence[tuple[str, str]] | None = None) -> str:
     """HTML-like label of the legend box: colours, line styles, widths."""
     rows = [
         (f'<font color="{POSITIVE}"><b>━━━</b></font>', "positive score"),
         (f'<font color="{NEGATIVE}"><b>━━━</b></font>', "negative score"),
-    ]
-    if any(not math.isfinite(e.score) or e.score == 0 for e in edges):
+    ] if color_legend is None else [(f'<font color="{c}"><b>━━━</b></font>', html.escape(m)) for c, m in color_legend]
+    if color_legend is None and any(not math.isfinite(e.score) or e.score == 0 for e in edges):
         rows.append((f'<font color="{NEUTRAL}"><b>━━━</b></font>', "zero / NaN score"))
     inputs = {e.input for e in edges}
     if inputs & {"q", "k", "v"}:
@@ -245,6 +246,8 @@ def to_dot(
     layer_labels: bool = True,
     max_edges: int = 500,
     force: bool = False,
+    edge_colors: Mapping[str, str] | None = None,
+    color_legend: Sequence[tuple[str, str]] | None = None,
 ) -> graphviz.Digraph:
     """A ``graphviz.Digraph`` of the circuit (in-circuit edges and their nodes only).
 
@@ -257,6 +260,9 @@ def to_dot(
         legend: draw the colour / line-style legend.
         layer_labels: label each rank at the side (``L3 attn``, ``L3 mlp``, ``embed``, ``unembed``).
         max_edges, force: refuse circuits with more than ``max_edges`` edges unless ``force``.
+        edge_colors: colour of each edge by name (e.g. by membership when comparing circuits) instead
+            of by the sign of its score; a drawn edge that merges several takes its first edge's colour.
+        color_legend: ``(colour, meaning)`` rows that replace the legend's score-sign rows.
 
     Internal helper nodes (rank spine, legend) have names starting with ``_``.
     """
@@ -269,11 +275,11 @@ def to_dot(
     group_of = _resolve_groups(graph, groups, seen, collapse_heads)
     dot = _new_digraph(title if title is not None else default_title(graph, graph.n_circuit_edges))
     _add_nodes(dot, graph, nodes, group_of, collapse_heads)
-    legend_label = _legend_label(edges, collapse_heads, merge_qkv) if legend and edges else None
+    legend_label = _legend_label(edges, collapse_heads, merge_qkv, color_legend) if legend and edges else None
     _add_ranks(dot, nodes, L, layer_labels, legend_label)
     if not edges:
         dot.node("_empty", label="(empty circuit: no in-circuit edges)", shape="plaintext", fontcolor="#777777")
-    _add_edges(dot, edges)
+    _add_edges(dot, edges, edge_colors)
     return dot
 
 
@@ -341,13 +347,14 @@ def _add_ranks(dot: graphviz.Digraph, nodes: list[str], L: int, layer_labels: bo
         dot.edge(f"_rank{a}", f"_rank{b}", style="invis", weight="10")
 
 
-def _add_edges(dot: graphviz.Digraph, edges: list[DrawnEdge]) -> None:
-    """Colour = sign of the score, width = |score| relative to the largest, style = q/k/v input."""
+def _add_edges(dot: graphviz.Digraph, edges: list[DrawnEdge], edge_colors: Mapping[str, str] | None = None) -> None:
+    """Colour = sign of the score (or ``edge_colors``), width = |score| relative to the largest, style = q/k/v input."""
     finite = [abs(e.score) for e in edges if math.isfinite(e.score)]
     max_abs = max(finite, default=0.0)
     for i, e in enumerate(edges):
         rel = abs(e.score) / max_abs if max_abs > 0 and math.isfinite(e.score) else 0.0
-        dot.edge(e.sender, e.receiver, id=f"e{i}", color=edge_color(e.score, rel),
+        color = edge_colors[e.names[0]] if edge_colors and e.names[0] in edge_colors else edge_color(e.score, rel)
+        dot.edge(e.sender, e.receiver, id=f"e{i}", color=color,
                  penwidth=f"{penwidth(e.score, max_abs):.2f}", style=QKV_STYLE[e.input], tooltip=edge_tooltip(e))
 
 

@@ -25,6 +25,7 @@ import torch
 from ..graph import FORMAT_NAME, FORMAT_VERSION, Graph, GraphLayout, Provenance, layout_for, split_receiver
 from ..io import atomic_write_text, check_target
 from .formats import FORMATS, IMAGE_FORMATS, LOADABLE, resolve_format
+from .mib import from_mib_dict, is_mib
 
 CSV_COLUMNS: tuple[str, ...] = ("edge", "sender", "receiver", "input", "score", "in_circuit")
 CSV_HEADER_PREFIX = "# circuits.graph "
@@ -81,13 +82,15 @@ def save(
 
 
 def load(path: str | Path, format: str | None = None) -> Graph:
-    """Read a graph written by :func:`save` (json, graphml, gexf or csv)."""
+    """Read a graph written by :func:`save` (json, graphml, gexf or csv), or an EAP-IG / MIB JSON file
+    (recognised by its ``cfg``, ``nodes`` and ``edges`` keys, see :mod:`circuits.render.mib`)."""
     fmt = resolve_format(path, format, LOADABLE, "load")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"graph file {path} does not exist")
     if fmt == "json":
-        return Graph.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return from_mib_dict(data) if is_mib(data) else Graph.from_dict(data)
     if fmt == "csv":
         return from_csv_text(path.read_text(encoding="utf-8"))
     import networkx as nx

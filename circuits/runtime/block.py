@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..models.base import Adapter, apply_rotary
+from ..models.base import Adapter
 
 Rotary = Any
 """What :meth:`Adapter.rotary` returns: ``(cos, sin)`` each ``[B', P, rot_dim]``, one such pair per layer
@@ -118,7 +118,7 @@ class Block:
         if rot is not None:
             cos, sin = rot
             qc, qs = (cos, sin) if at is None else (self.rows_at(cos, at), self.rows_at(sin, at))
-            q, k = apply_rotary(q, qc, qs), apply_rotary(k, cos, sin)
+            q, k = a.rotate(q, qc, qs), a.rotate(k, cos, sin)
         ctx = a.attend(self.layer, q, k, v, mask, q_pos=q_pos)
         return a.head_outputs(self.layer, ctx)
 
@@ -126,7 +126,7 @@ class Block:
         """Normalisation and MLP (output bias included; post-feed-forward norm where the model has one)
         of the receiver input ``x``: the sender ``m{l}``'s output."""
         a = self.adapter
-        m = a.mlp(self.layer)(a.mlp_norm(self.layer)(x))
+        m = a.run_mlp(self.layer, a.mlp_norm(self.layer)(x))
         return m if self.post_mlp_norm is None else self.post_mlp_norm(m)
 
     @staticmethod

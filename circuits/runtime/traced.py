@@ -23,6 +23,7 @@ from torch import nn
 
 from ..graph import GraphLayout, KeepMask, layout_for
 from ..models import Adapter, get_adapter
+from ..parallel import fingerprint
 from .block import Block, PlainIO
 from .masks import causal_mask, default_position_ids
 from .state import GradCallback, RunState, SenderHook
@@ -108,6 +109,14 @@ class TracedModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    def fingerprint(self) -> str:
+        """What processes compare to know they hold the same model: config, parameter count and the
+        input embedding's sum (6 significant digits, so devices that sum in another order agree)."""
+        emb = self.model.get_input_embeddings().weight
+        n_params = sum(p.numel() for p in self.model.parameters())
+        config = fingerprint(self.model.config.to_json_string(use_diff=False))
+        return f"{self.model.config.model_type}/{n_params} parameters/embedding sum {float(emb.detach().double().sum()):.6g}/{config}"
 
     def run(
         self,

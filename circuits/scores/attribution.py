@@ -38,8 +38,10 @@ from torch import nn
 from ..graph import Graph, GraphLayout, Scoring
 from ..metrics import check_metric_output, get_metric, is_higher_better, metric_name
 from ..models import graph_for
+from ..parallel import all_reduce_sum, is_main
+from ..patching.runner import shard_data
 from ..runtime import Patch, Probe, TracedModel, as_traced
-from ..tasks import Batch, Task, as_batches, task_metric
+from ..tasks import Batch, Task, task_metric
 
 AttributionMethod = Literal["eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "eap-ig-edges"]
 """Gradient-based edge scoring methods; :data:`METHOD_DOCS` describes each."""
@@ -122,13 +124,12 @@ def attribute(
     metric = task_metric(metric, data)
     metric_fn = get_metric(metric)
     higher = is_higher_better(metric_fn)
-    batches = as_batches(data, batch_size)
+    batches, n_total = shard_data(tm, data, batch_size)  # in a process group: this rank's examples
     dev = tm.device
     acc = _ScoreAccumulator(layout, dev)
     t0 = time.perf_counter()
-    n_total = 0
     iterator: Iterable[Batch] = batches
-    if progress:
+    if progress and is_main():
         from tqdm.auto import tqdm
 
         iterator = tqdm(batches, desc=f"attribution ({method})", unit="batch")
@@ -141,8 +142,7 @@ def attribute(
                 "clean and corrupted prompts must tokenize to the same length"
             )
         runner(_Job(tm, batch, metric_fn, higher, acc, steps, full_logits))
-        n_total += len(batch)
-    scores = layout.from_dense(acc.table).cpu() / n_total
+    scores = layout.from_dense(all_reduce_sum(acc.table)).cpu() / n_total
     bad = ~torch.isfinite(scores)
     if bool(bad.any()):
         names = layout.edge_names(bad.nonzero().flatten()[:10])
@@ -273,18 +273,17 @@ def metric_of_runs(
     """Mean metric on the clean and on the corrupted runs: ``(m(N), m(∅))``."""
     tm = as_traced(model)
     metric_fn = get_metric(task_metric(metric, data))
-    tot_c = tot_x = 0.0
-    n = 0
+    tot = torch.zeros(2, dtype=torch.float64)  # metric summed over the clean, the corrupted runs
+    batches, n = shard_data(tm, data, batch_size)
     with torch.no_grad():
-        for batch in as_batches(data, batch_size):
+        for batch in batches:
             batch = batch.to(tm.device)
             lc = tm.run(batch.clean, batch.attention_mask, logit_positions=batch.answer_pos).logits
             lx = tm.run(batch.corrupted, batch.attention_mask, logit_positions=batch.answer_pos).logits
             mb = batch.at_answer()
-            tot_c += float(metric_fn(lc, mb, lc).sum())
-            tot_x += float(metric_fn(lx, mb, lc).sum())
-            n += len(batch)
-    return tot_c / n, tot_x / n
+            tot += torch.stack([metric_fn(lc, mb, lc).double().sum(), metric_fn(lx, mb, lc).double().sum()]).cpu()
+    tot = all_reduce_sum(tot)
+    return float(tot[0]) / n, float(tot[1]) / n
 
 
 __all__ = ["AttributionMethod", "METHODS", "METHOD_DOCS", "attribute", "metric_of_runs"]

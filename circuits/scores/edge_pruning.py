@@ -36,6 +36,7 @@ from torch import nn
 from ..graph import Graph, Scoring, Selection
 from ..metrics import check_metric_output, get_metric, is_higher_better, metric_name
 from ..models import graph_for
+from ..parallel import all_reduce_mean_, is_main
 from ..patching import PatchRunner, PreparedBatch
 from ..runtime import Patch, TracedModel, as_traced
 from ..tasks import Batch, Task
@@ -130,8 +131,8 @@ def edge_pruning(
     dev = tm.device
     t0 = time.perf_counter()
     # the clean and corrupted runs every step patches between (the masked-evaluation loop's preparation)
-    prepared = PatchRunner(tm, data, metric, batch_size=batch_size).prepared
-    n_examples = sum(len(p.batch) for p in prepared)
+    runner = PatchRunner(tm, data, metric, batch_size=batch_size)  # in a process group: this rank's shard
+    prepared, n_examples = runner.prepared, runner.n_examples
 
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     log_alpha = torch.full((E,), float(init), dtype=torch.float32, device=dev, requires_grad=True)
@@ -144,7 +145,7 @@ def edge_pruning(
     trace: list[tuple[int, float, float]] = []  # (step, expected edges, faithfulness loss)
     it: Iterable[int] = range(steps)
     bar = None
-    if progress:
+    if progress and is_main():
         from tqdm.auto import tqdm
 
         it = bar = tqdm(it, desc="edge pruning", unit="step")
@@ -204,6 +205,10 @@ def _step(tm: TracedModel, prepared: PreparedBatch, log_alpha: torch.Tensor,
     dev_frac = (l0 - target_t) / E
     loss = task_loss + lambdas[0] * dev_frac + lambdas[1] * dev_frac * dev_frac
     g_alpha, g_lambda = torch.autograd.grad(loss, [log_alpha, lambdas])
+    task_loss = task_loss.detach().clone()
+    # in a process group: every rank steps with the gradient (and logs the loss) of all ranks' batches,
+    # so the masks, and the early-stop decision, stay identical across ranks
+    all_reduce_mean_([g_alpha, g_lambda, task_loss])
     log_alpha.grad, lambdas.grad = g_alpha, g_lambda
     opt.step()
     opt_lambda.step()

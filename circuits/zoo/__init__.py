@@ -20,6 +20,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from .hub import hub_snapshot, looks_like_hub_id
+
 if TYPE_CHECKING:  # torch and transformers load only when a model does (listing the zoo stays cheap)
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -146,17 +148,22 @@ def list_models() -> list[str]:
 
 
 def model_path(name_or_path: str | Path) -> Path:
-    """Resolve a zoo name or a local folder to the folder to load.
+    """Resolve a zoo name, a local folder or a Hugging Face hub id (``owner/name``, from the local
+    cache, downloaded first when the hub is reachable and ``HF_HUB_OFFLINE`` is not set; see
+    :mod:`circuits.zoo.hub`) to the folder to load.
 
     Raises:
         ValueError: ``name_or_path`` is neither a zoo name nor an existing path; the
-            message lists the valid names, and says so when it looks like a missing path.
+            message lists the valid names, and says so when it looks like a missing path. For a
+            hub id: not in the local cache while offline or unreachable, or not on the hub.
     """
     if isinstance(name_or_path, str) and name_or_path.lower() in MODELS:
         return MODELS[name_or_path.lower()].path
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
+    if not path.exists() and looks_like_hub_id(name_or_path):  # "Qwen/Qwen2.5-0.5B": the local HF cache
+        return hub_snapshot(str(name_or_path))
     valid = ", ".join(list_models())
     if path.exists():
         raise ValueError(f"{str(name_or_path)!r} is a file, not a model folder; zoo models: {valid}")
@@ -272,7 +279,8 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
 def load(
     name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a zoo model (by name) or a local ``transformers`` folder, offline.
+    """Load a zoo model (by name), a local ``transformers`` folder or a Hugging Face hub id (``owner/name``,
+    from the local cache; downloaded first only when the hub is reachable and ``HF_HUB_OFFLINE`` is not set).
 
     Returns ``(model, tokenizer)``; the model is on ``device``, in ``dtype`` (default float32) and in eval mode.
     """
