@@ -80,11 +80,43 @@ def _tiny_config_more(family: str):
                                  shared_expert_intermediate_size=32, decoder_sparse_step=1, mlp_only_layers=[1])
     if family == "olmoe":  # full-width q/k norms; clip_qkv low enough to clip
         return tf.OlmoeConfig(**llama_like, **moe, num_experts=4, clip_qkv=1.5)
+    return _tiny_config_post_norm(family)
+
+
+def _tiny_config_post_norm(family: str):
+    """Gemma-2, Gemma-3 (text) and OLMo-2: attention outputs normalised before the residual."""
+    if family == "gemma2":
+        from transformers import Gemma2Config
+
+        return Gemma2Config(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, max_position_embeddings=64, sliding_window=4, query_pre_attn_scalar=12,
+            attn_logit_softcapping=2.0, final_logit_softcapping=5.0,
+        )
+    if family == "gemma3":
+        from transformers import Gemma3TextConfig
+
+        return Gemma3TextConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, max_position_embeddings=64, sliding_window=4, query_pre_attn_scalar=12,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
+                             "full_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+        )
+    if family == "olmo2":
+        from transformers import Olmo2Config
+
+        return Olmo2Config(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, pad_token_id=1, bos_token_id=2, eos_token_id=3,
+        )
     raise KeyError(family)
 
 
+#: families whose attention output is normalised before it joins the residual (non-additive heads)
+POST_NORM_FAMILIES = ["gemma2", "gemma3", "olmo2"]
 FAMILIES = ["gpt2", "gpt_neo", "gpt_neox", "gpt_neox_seq", "llama", "mistral", "qwen2", "qwen3",
-            "phi3", "gptj", "mixtral", "qwen2_moe", "olmoe"]
+            "phi3", "gptj", "mixtral", "qwen2_moe", "olmoe", *POST_NORM_FAMILIES]
 
 
 def tiny_model(family: str, seed: int = 0, dtype=torch.float32):

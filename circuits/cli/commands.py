@@ -321,7 +321,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         e = zoo.MODELS[name]
         gt = " [ground truth]" if e.has_ground_truth else ""
         print(f"  {name:<{w}}  task={e.task:<12} {e.description}{gt}")
-    print(f"  {'FOLDER':<{w}}  any local transformers folder (GPT-2, GPT-Neo, GPT-NeoX/Pythia, Llama, Mistral, Qwen2, Qwen3)")
+    print(f"  {'FOLDER':<{w}}  any local transformers folder (GPT-2, GPT-Neo, GPT-NeoX/Pythia, GPT-J, Llama, "
+          "Mistral, Qwen2, Qwen3, Phi-3, Mixtral, Qwen2-MoE, OLMoE, Gemma-2, Gemma-3, OLMo-2)")
     return 0
 
 

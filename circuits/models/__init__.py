@@ -8,18 +8,21 @@ from torch import nn
 
 from ..graph import Graph, Provenance
 from .base import Adapter
+from .gemma import Gemma2Adapter, Gemma3Adapter
 from .gpt2 import GPT2Adapter
 from .gpt_neo import GPTNeoAdapter
 from .gpt_neox import GPTNeoXAdapter
 from .gptj import GPTJAdapter
 from .llama import LlamaAdapter
 from .moe import MoEAdapter
+from .olmo2 import Olmo2Adapter
 from .olmoe import OlmoeAdapter
 from .phi3 import Phi3Adapter
 from .qwen3 import Qwen3Adapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (GPT2Adapter, GPTNeoAdapter, GPTNeoXAdapter, GPTJAdapter, LlamaAdapter,
-                                       Qwen3Adapter, Phi3Adapter, MoEAdapter, OlmoeAdapter)
+                                       Qwen3Adapter, Phi3Adapter, MoEAdapter, OlmoeAdapter, Gemma2Adapter,
+                                       Gemma3Adapter, Olmo2Adapter)
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for a in ADAPTERS for t in a.model_types)
 
 
@@ -31,7 +34,8 @@ def adapter_class(config: Any) -> type[Adapter]:
             return cls
     raise NotImplementedError(
         f"model_type {model_type!r} is not supported. Supported: {', '.join(SUPPORTED_MODEL_TYPES)} "
-        "(GPT-2, GPT-Neo, GPT-NeoX/Pythia, GPT-J, Llama, Mistral, Qwen2, Qwen3, Phi-3, Mixtral, Qwen2-MoE, OLMoE)."
+        "(GPT-2, GPT-Neo, GPT-NeoX/Pythia, GPT-J, Llama, Mistral, Qwen2, Qwen3, Phi-3, Mixtral, Qwen2-MoE, OLMoE, "
+        "Gemma-2, Gemma-3 text, OLMo-2)."
     )
 
 

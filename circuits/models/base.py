@@ -123,8 +123,9 @@ class Adapter:
         """Sliding-window size (a query attends to keys with ``q - k < window``), or None."""
         return None
 
-    def rotary(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(cos, sin)`` each ``[B, P, rot_dim]``, or None for models without rotary."""
+    def rotary(self, x: torch.Tensor, position_ids: torch.Tensor) -> Any:
+        """``(cos, sin)`` each ``[B, P, rot_dim]``, or None for models without rotary; families whose
+        layers use different rotary bases return one pair per layer type (see :meth:`layer_rotary`)."""
         return None
 
     def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -139,10 +140,38 @@ class Adapter:
         out = self.mlp(layer)(h.reshape(-1, *h.shape[-2:]))
         return out.reshape(*lead, *out.shape[-2:])
 
+    def layer_rotary(self, rot: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Layer ``layer``'s ``(cos, sin)`` from what :meth:`rotary` returned (the same pair by default)."""
+        return rot
+
+    def post_attn_norm(self, layer: int) -> nn.Module | None:
+        """The norm applied to the attention's summed output before it joins the residual
+        (Gemma-2/3, OLMo-2), or None. With it, head outputs are not additive (docs/concepts.md)."""
+        return None
+
+    def post_mlp_norm(self, layer: int) -> nn.Module | None:
+        """The norm applied to the MLP's output before it joins the residual, or None."""
+        return None
+
+    def attn_softcap(self, layer: int) -> float | None:
+        """Attention logit soft-capping ``c``: scores become ``c tanh(scores / c)`` before the mask (Gemma-2)."""
+        return None
+
+    @property
+    def post_norm(self) -> bool:
+        """The attention output is normalised before it joins the residual (head outputs are not additive)."""
+        return self.post_attn_norm(0) is not None
+
     # ---------------------------------------------------------------- generic computation
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
-        """Final norm + LM head: ``[..., P, d]`` -> ``[..., P, V]``."""
-        return self.lm_head()(self.final_norm()(resid))
+        """Final norm + LM head (+ final logit soft-capping where the model has it): ``[..., P, d]`` -> ``[..., P, V]``."""
+        logits = self.lm_head()(self.final_norm()(resid))
+        cap = self.final_softcap()
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
+    def final_softcap(self) -> float | None:
+        """Final logit soft-capping ``c`` (logits become ``c tanh(logits / c)``), or None."""
+        return None
 
     def project_qkv(
         self, layer: int, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor
@@ -154,9 +183,9 @@ class Adapter:
         indexed by a grouped view rather than materialised per head.
         """
         w = self.attn_weights(layer)
-        q = _proj(xq, w.W_Q, w.b_Q)
-        k = _proj(xk, w.W_K, w.b_K)
-        v = _proj(xv, w.W_V, w.b_V)
+        q = head_projection(xq, w.W_Q, w.b_Q)
+        k = head_projection(xk, w.W_K, w.b_K)
+        v = head_projection(xv, w.W_V, w.b_V)
         return q, k, v
 
     def query_head_qkv(
@@ -216,6 +245,14 @@ class Adapter:
                 near = ((q_pos[:, :, None] - j[None, None, :]) < window)[:, None]  # [B, 1, Pq, P]
             mask = mask & near
         scale = self.attn_scale(layer)
+        cap = self.attn_softcap(layer)
+        if cap is not None:  # scaled_dot_product_attention cannot soft-cap: the eager computation
+            if k.shape[1] != q.shape[1]:
+                rep = q.shape[1] // k.shape[1]
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            scores = torch.tanh(q @ k.transpose(-1, -2) * (scale / cap)) * cap  # [B, H, Pq, P]
+            probs = scores.masked_fill(~mask, float("-inf")).softmax(-1, dtype=torch.float32).to(q.dtype)
+            return probs @ v
         if q.dtype != torch.float32 and self.upcast_attention:
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=scale)
             return out.to(v.dtype)
@@ -244,7 +281,7 @@ def _get_path(obj: Any, path: str) -> Any:
     return obj
 
 
-def _proj(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+def head_projection(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """Project shared ``[B, P, d]`` or per-head ``[H, B, P, d]`` inputs with ``W`` [Hw, d, dh].
 
     Returns ``[B, H, P, dh]`` where H is the number of query heads (``x.shape[0]`` when

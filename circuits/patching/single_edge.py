@@ -8,6 +8,9 @@ the sender buffer), each edge costs:
 * its receiver node recomputed from ``in_v - (z_s - z_s^ref)``: one head's q, k or v
   projection and attention with the other two taken from the clean run, or one MLP;
 * for a head in a sequential block, that layer's MLP on the changed residual;
+* post-norm families (Gemma-2/3, OLMo-2): an edge from head ``h`` of layer ``l`` changes its
+  receiver's input by ``post_l(pre_l) - post_l(pre_l - Δ_h)`` instead of ``Δ_h`` (one norm per
+  edge; docs/concepts.md), and a recomputed head's layer output is ``post(pre + Δ out)``;
 * the later layers as a plain forward of ``K`` edges x ``B`` examples stacked in the batch,
   the last layer at the answer positions only (``TracedModel.run`` does that when nothing
   is patched); for edges into the logits, only the final norm and unembedding.
@@ -86,18 +89,37 @@ class _Base:
         self.mask = causal_mask(b.attention_mask, B, P, dev)  # [B, 1, P, P]
         self.rot = self.tm.adapter.rotary(self.resid[0], default_position_ids(b.attention_mask, B, P, dev))
         self.layer_cache: dict[int, dict[str, torch.Tensor]] = {}
+        self.pre: list[torch.Tensor] = []  # post-norm: per layer Σ_h z_h + b_O of the clean run, [B, P, d]
+        if self.tm.adapter.post_norm:
+            for layer in range(self.layout.n_layers):
+                s0, s1 = self.layout.head_senders(layer)
+                b_O = self.tm.adapter.attn_weights(layer).b_O
+                self.pre.append(self.z[s0:s1].sum(0) + (0 if b_O is None else b_O))
 
     def delta(self, senders: torch.Tensor) -> torch.Tensor:
-        """``z_s - z_s^ref`` for each sender: ``[K, B, P, d]``."""
-        return self.z[senders] - self.ref[senders]
+        """What patching ``s -> v`` removes from ``v``'s input, for each sender: ``[K, B, P, d]``.
+
+        ``z_s - z_s^ref``; for a head of a post-norm layer ``l``, ``post_l(pre_l) - post_l(pre_l - Δ_h)``.
+        """
+        d = self.z[senders] - self.ref[senders]
+        if not self.pre:
+            return d
+        t = self.layout.sender_time.to(senders.device)[senders]
+        heads = t % 2 == 1  # heads write at stage 2l + 1
+        for layer in ((t[heads] - 1) // 2).unique().tolist():  # layers, not edges
+            sel = heads & (t == 2 * layer + 1)
+            norm = self.tm.blocks[layer].post_attn_norm
+            d[sel] = norm(self.pre[layer])[None] - norm(self.pre[layer][None] - d[sel])
+        return d
 
     def layer(self, layer: int) -> dict[str, torch.Tensor]:
         """The clean run's q, k, v of every head at ``layer`` (``[B, H, P, dh]``, rotary applied)."""
         if layer not in self.layer_cache:
             q, k, v = PlainIO().qkv(self.tm.blocks[layer], self.resid[layer], None)
-            if self.rot is not None:
+            rot = self.tm.adapter.layer_rotary(self.rot, layer)
+            if rot is not None:
                 rotate = self.tm.adapter.rotate
-                q, k = rotate(q, *self.rot), rotate(k, *self.rot)
+                q, k = rotate(q, *rot), rotate(k, *rot)
             self.layer_cache = {layer: {"q": q, "k": k, "v": v}}  # keep one layer only
         return self.layer_cache[layer]
 
@@ -140,6 +162,8 @@ class _Base:
             d_out = self._head_patched(layer, head, slot, delta[att])  # [Ka, B, P, d]
             if lay.parallel_attn_mlp:  # the MLP reads x0, which the head does not change
                 new[att] += d_out
+            elif self.pre:  # post-norm: the layer's output is post(pre + the head's change)
+                new[att] = block.finish(x0[None], block.attn_output(self.pre[layer][None] + d_out), PlainIO())
             else:  # the rest of the block (Block.finish) sees the changed attention output
                 new[att] = block.finish(x0[None], (mlp_in - x0)[None] + d_out, PlainIO())
         return new
@@ -150,8 +174,9 @@ class _Base:
         tm, a = self.tm, self.tm.adapter
         x = tm.blocks[layer].attn_norm(self.resid[layer][None] - delta)  # [K, B, P, d]
         y = a.project_heads(layer, x, heads, comp).transpose(0, 1)  # [B, K, P, dh]
-        if self.rot is not None:  # queries and keys are rotated, values are not
-            y = torch.where((comp == 2)[None, :, None, None], y, a.rotate(y, *self.rot))
+        rot = a.layer_rotary(self.rot, layer)
+        if rot is not None:  # queries and keys are rotated, values are not
+            y = torch.where((comp == 2)[None, :, None, None], y, a.rotate(y, *rot))
         base = self.layer(layer)
         c = comp[None, :, None, None]
         q = torch.where(c == 0, y, base["q"][:, heads])

@@ -7,8 +7,8 @@ output) goes through it too, so that runs can record, replace or patch them::
 
     q, k, v = io.qkv(block, x, at)          # receivers a{l}.h{h}<q|k|v>
     z = io.heads(layer, attention(q, k, v)) # senders a{l}.h{h}: [H, B', P, d]
-    x = x + Σ_h z_h + b_O
-    m = io.mlp(layer, mlp(io.mlp_input(layer, x)))   # receiver and sender m{l}
+    x = x + post_attn_norm(Σ_h z_h + b_O)    # post-norm families (Gemma-2/3, OLMo-2); else no norm
+    m = io.mlp(layer, mlp(io.mlp_input(layer, x)))   # receiver and sender m{l} (post-ff norm inside)
     x = x + m                                # (parallel blocks: both read the same x)
 
 The full traced run, the answer-position tail of the last layer and the exact single-edge
@@ -18,14 +18,15 @@ d model width, H query heads, dh head width.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
 from ..models.base import Adapter
 
-Rotary = tuple[torch.Tensor, torch.Tensor] | None
-"""``(cos, sin)`` each ``[B', P, rot_dim]``, or None for models without rotary embeddings."""
+Rotary = Any
+"""What :meth:`Adapter.rotary` returns: ``(cos, sin)`` each ``[B', P, rot_dim]``, one such pair per layer
+type (Gemma-3; :meth:`Adapter.layer_rotary` picks a layer's), or None for models without rotary."""
 
 
 class BlockIO(Protocol):
@@ -69,6 +70,8 @@ class Block:
         self.adapter, self.layer = adapter, layer
         self.parallel = adapter.parallel_attn_mlp
         self.attn_norm = adapter.attn_norm(layer)
+        self.post_attn_norm = adapter.post_attn_norm(layer)
+        self.post_mlp_norm = adapter.post_mlp_norm(layer)
 
     # ------------------------------------------------------------------ the block
     def forward(self, x: torch.Tensor, io: BlockIO, rot: Rotary, mask: torch.Tensor,
@@ -82,7 +85,7 @@ class Block:
         q, k, v = io.qkv(self, x, at)
         z, b_O = self.attention(q, k, v, rot, mask, at)  # [H, B', Pq, d]
         z = io.heads(self.layer, z)
-        attn_out = z.sum(0) if b_O is None else z.sum(0) + b_O
+        attn_out = self.attn_output(z.sum(0) if b_O is None else z.sum(0) + b_O)
         return self.finish(x if at is None else self.rows_at(x, at), attn_out, io)
 
     def finish(self, x: torch.Tensor, attn_out: torch.Tensor, io: BlockIO) -> torch.Tensor:
@@ -95,6 +98,10 @@ class Block:
         return x + m
 
     # ------------------------------------------------------------------ pieces
+    def attn_output(self, pre: torch.Tensor) -> torch.Tensor:
+        """What the attention adds to the residual, from its summed head outputs + b_O ``pre`` [..., P, d]."""
+        return pre if self.post_attn_norm is None else self.post_attn_norm(pre)
+
     def project(self, hq: torch.Tensor, hk: torch.Tensor, hv: torch.Tensor):
         """Normalised inputs -> q, k, v ``[B', H, P, dh]`` (k/v repeated to the query heads)."""
         return self.adapter.query_head_qkv(self.layer, hq, hk, hv)
@@ -107,6 +114,7 @@ class Block:
         if at is not None:
             q_pos = at[:, None]
             mask = mask[torch.arange(mask.shape[0], device=mask.device), :, at][:, :, None]  # [B', 1, 1, P]
+        rot = a.layer_rotary(rot, self.layer)
         if rot is not None:
             cos, sin = rot
             qc, qs = (cos, sin) if at is None else (self.rows_at(cos, at), self.rows_at(sin, at))
@@ -115,9 +123,11 @@ class Block:
         return a.head_outputs(self.layer, ctx)
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalisation and MLP (output bias included) of the receiver input ``x``."""
+        """Normalisation and MLP (output bias included; post-feed-forward norm where the model has one)
+        of the receiver input ``x``: the sender ``m{l}``'s output."""
         a = self.adapter
-        return a.run_mlp(self.layer, a.mlp_norm(self.layer)(x))
+        m = a.run_mlp(self.layer, a.mlp_norm(self.layer)(x))
+        return m if self.post_mlp_norm is None else self.post_mlp_norm(m)
 
     @staticmethod
     def rows_at(t: torch.Tensor, at: torch.Tensor) -> torch.Tensor:

@@ -17,10 +17,13 @@ import torch
 
 from ..graph import GraphLayout, PatchWeights
 from ..models.base import Adapter
+from .postnorm import AttnLayer, post_norm_input
 
-GradCallback = Callable[[torch.Tensor, int, torch.Tensor], None]
-"""``(receivers, n_senders, grad)``: ``grad = ∂loss/∂in_v`` ``[len(receivers), B', P, d]`` for a group of
-receivers (long tensor of receiver indices) that all read senders ``0 .. n_senders-1``."""
+GradCallback = Callable[[torch.Tensor, slice, torch.Tensor], None]
+"""``(receivers, senders, grad)``: for a group of receivers (long tensor of receiver indices), the gradient
+``[len(receivers), B', P, d]`` that the deltas of senders ``senders`` (a slice) pair with: ``∂loss/∂in_v``,
+or for the heads of a post-norm layer, the gradient w.r.t. the receiver's copy of that layer's pre-norm sum
+(:mod:`circuits.runtime.postnorm`). A score is ``Δ_s · grad_v`` for every ``s`` in ``senders``."""
 
 SenderHook = Callable[[int, int, torch.Tensor], torch.Tensor]
 """``(s0, s1, z) -> z``: replace sender group ``s0:s1``'s output ``z`` [s1-s0, B', P, d] before anything reads it."""
@@ -45,7 +48,11 @@ class RunState:
         # Without autograd, all deltas live in one [K, S, B*P*d] buffer filled in place, and a
         # receiver group's correction is one batched matmul over every upstream sender.
         self.buffer: torch.Tensor | None = None
-        self.buffered = W is not None and not torch.is_grad_enabled()
+        # Post-norm families read head senders through their layer's norm (postnorm.py), not the buffer.
+        self.post = adapter.post_norm
+        self.buffered = W is not None and not torch.is_grad_enabled() and not self.post
+        self.attn_layers: dict[int, AttnLayer] = {}  # post-norm: layer -> its pre-norm sum and deltas
+        self.sender_deltas: dict[int, torch.Tensor] = {}  # post-norm: non-attention sender -> delta
 
     # ------------------------------------------------------------------ writes (senders)
     def emit(self, s0: int, s1: int, z: torch.Tensor) -> torch.Tensor:
@@ -131,8 +138,11 @@ class RunState:
         """Inputs of receivers ``r0:r1`` (``[r1-r0, B', P, d]``), or None when they all read ``resid`` unchanged.
 
         With ``shared_probe`` the caller probes unpatched receivers itself (q/k/v hooks), so
-        None is returned for them even when gradients are requested.
+        None is returned for them even when gradients are requested (not for post-norm families,
+        whose receivers always get their own input when probed).
         """
+        if self.post:
+            return self._post_norm_input(resid, r0, r1, n_senders)
         x = None
         if self.W is not None:
             Wl = self.W[:, :n_senders, r0:r1]  # [K, n, R_l]
@@ -158,9 +168,50 @@ class RunState:
         if self.on_grad is not None and resid.requires_grad and not (x is None and shared_probe):
             if x is None:  # a view of its own, so its gradient is this receiver's share only
                 x = resid[None].expand(r1 - r0, *resid.shape)
-            cb, n, idx = self.on_grad, n_senders, torch.arange(r0, r1, device=resid.device)
-            x.register_hook(lambda grad: cb(idx, n, grad))
+            cb, senders, idx = self.on_grad, slice(0, n_senders), torch.arange(r0, r1, device=resid.device)
+            x.register_hook(lambda grad: cb(idx, senders, grad))
         return x
+
+    # ------------------------------------------------------------------ post-norm families
+    def _post_norm_input(self, resid: torch.Tensor, r0: int, r1: int, n: int) -> torch.Tensor | None:
+        """:meth:`receiver_input` when each attention layer's output is normalised (postnorm.py)."""
+        if self.W is None and (self.on_grad is None or not resid.requires_grad):
+            return None
+        lay = self.layout
+        stride = lay.n_heads + 1  # input and MLPs: senders 0, H+1, 2(H+1), ...
+        layers = [self._attn_layer(layer) for layer in range(lay.n_layers) if lay.head_senders(layer)[1] <= n]
+        W = None if self.W is None else self.W[:, :n, r0:r1]
+        nonattn = None
+        if W is not None and (W.requires_grad or bool(W[:, 0:n:stride].any())):
+            deltas = [self._sender_delta(s) for s in range(0, n, stride)]  # [1, K|1, B, P, d] each
+            nonattn = torch.cat([t.expand(1, self.K, *t.shape[2:]) for t in deltas])
+        probe = None if self.on_grad is None else (self.on_grad, torch.arange(r0, r1, device=resid.device))
+        return post_norm_input(resid, W, nonattn, layers, self.K, n, stride, probe, r1 - r0)
+
+    def _senders(self, s0: int, s1: int) -> torch.Tensor:
+        """Live outputs of senders ``s0:s1`` as ``[n, K|1, B, P, d]`` (1 when shared by every mask)."""
+        for g0, g1, z, shared in self.groups:
+            if g0 <= s0 and s1 <= g1:
+                z = z[s0 - g0:s1 - g0]
+                return z[:, None] if shared else z.view(s1 - s0, self.K, self.B, *z.shape[2:])
+        raise KeyError(f"senders {s0}:{s1} were not written yet")
+
+    def _sender_delta(self, s: int) -> torch.Tensor:
+        """``z_s - z_s^ref`` of one non-attention sender: ``[1, K|1, B, P, d]``."""
+        if s not in self.sender_deltas:
+            self.sender_deltas[s] = self._senders(s, s + 1) - self.reference[s:s + 1, None].to(self.groups[0][2].dtype)
+        return self.sender_deltas[s]
+
+    def _attn_layer(self, layer: int) -> AttnLayer:
+        """Layer ``layer``'s heads as later receivers read them: live pre-norm sum, deltas, norm."""
+        if layer not in self.attn_layers:
+            s0, s1 = self.layout.head_senders(layer)
+            z = self._senders(s0, s1)  # [H, K|1, B, P, d]
+            b_O = self.adapter.attn_weights(layer).b_O
+            pre = z.sum(0) if b_O is None else z.sum(0) + b_O
+            delta = None if self.reference is None else z - self.reference[s0:s1, None].to(z.dtype)
+            self.attn_layers[layer] = AttnLayer(slice(s0, s1), pre, delta, self.adapter.post_attn_norm(layer))
+        return self.attn_layers[layer]
 
     def _split_qkv(self, block, resid: torch.Tensor, r0: int, r1: int, n: int):
         """q, k, v (``[B', H, P, dh]``, k/v per query head, before rotary) of a patched layer, or
@@ -228,7 +279,7 @@ class RunState:
 
             def hook(grad: torch.Tensor, W=W, idx=idx) -> None:
                 g_in = head_input_grad(grad, W.detach())  # [H, B', P, d], post-norm
-                cb(idx, n_senders, batched_vjp(g_in)[0])
+                cb(idx, slice(0, n_senders), batched_vjp(g_in)[0])
 
             t.register_hook(hook)
 

@@ -66,10 +66,10 @@ class _ScoreAccumulator:
         self.delta: torch.Tensor | None = None  # [S, B, P, d]: corrupted - clean (or live), padding zeroed
         self.weight = 1.0
 
-    def __call__(self, receivers: torch.Tensor, n: int, grad: torch.Tensor) -> None:
-        d = self.delta[:n].float().flatten(1)  # [n, B*P*d]
+    def __call__(self, receivers: torch.Tensor, senders: slice, grad: torch.Tensor) -> None:
+        d = self.delta[senders].float().flatten(1)  # [n, B*P*d]
         g = grad.detach().float().flatten(1)  # [R_g, B*P*d]
-        self.table[:n, receivers] += self.weight * (d @ g.t())
+        self.table[senders, receivers] += self.weight * (d @ g.t())
 
 
 def _masked_delta(a: torch.Tensor, b: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
