@@ -3,10 +3,10 @@
     python scripts/scaling_table.py > /tmp/table.md
 
 Configs are built in code from each model's published shape; parameter counts come from the model
-built on the meta device. Gemma-2 is not a supported family: its row uses a Llama config of
-Gemma-2-2B's shape (26 layers, 8 query / 4 kv heads of width 256, d 2304, MLP 9216, 256,000
-tokens, tied embeddings), which has the same tensor sizes (Gemma-2's extra norms and soft-capping
-are not counted). Float32 and bfloat16 as given; the examples of a split = the batch.
+built on the meta device. The planner models the additive families' code paths; for Gemma-2 (a
+post-norm family) it does not count the per-receiver post-norm inputs of masked forwards
+(docs/concepts.md, "Post-norm families"), so its patching rows are approximate (they count the
+additive families' buffers instead). Float32 and bfloat16 as given; the examples of a split = the batch.
 
 GPUs for data parallelism: the fewest GPUs of each size such that one GPU's share of the 32
 examples fits in 90 % of its memory (the model is replicated, the batch split). Edge parallelism
@@ -33,10 +33,9 @@ MODELS: dict[str, tuple[str, dict]] = {
     "Qwen2.5-7B": ("qwen2", {"num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
                              "hidden_size": 3584, "intermediate_size": 18944, "vocab_size": 152064,
                              "tie_word_embeddings": False}),
-    "Gemma-2-2B (Llama-shaped)": ("llama", {"num_hidden_layers": 26, "num_attention_heads": 8,
-                                            "num_key_value_heads": 4, "head_dim": 256, "hidden_size": 2304,
-                                            "intermediate_size": 9216, "vocab_size": 256000,
-                                            "tie_word_embeddings": True}),
+    "Gemma-2-2B": ("gemma2", {"num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+                              "head_dim": 256, "hidden_size": 2304, "intermediate_size": 9216, "vocab_size": 256000,
+                              "tie_word_embeddings": True}),
     "Llama-3.1-8B": ("llama", {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
                                "hidden_size": 4096, "intermediate_size": 14336, "vocab_size": 128256,
                                "tie_word_embeddings": False}),
