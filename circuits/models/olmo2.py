@@ -43,7 +43,7 @@ class Olmo2Adapter(LlamaAdapter):
         attn = self.block(layer).self_attn
         proj, norm = (attn.q_proj, attn.q_norm) if which == "q" else (attn.k_proj, attn.k_norm)
         y = norm(proj(x))
-        return y.view(*y.shape[:-1], -1, self.head_dim)
+        return y.view(*y.shape[:-1], y.shape[-1] // self.head_dim, self.head_dim)  # explicit: y may be empty
 
     def project_qkv(self, layer: int, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor):
         """As :meth:`Adapter.project_qkv`; a per-head input is projected for every head, normalised

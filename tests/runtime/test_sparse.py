@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_models import FAMILIES, random_batch, sensitive_llama, tiny_model
+from tiny_models import FAMILIES, POST_NORM_FAMILIES, random_batch, sensitive_llama, tiny_model
 
 from circuits import Patch, TracedModel
 from circuits.patching import PatchRunner
@@ -40,7 +40,10 @@ def all_masks(tm: TracedModel, seed: int = 0) -> torch.Tensor:
     return torch.cat([rand, nested, torch.ones(1, E), torch.zeros(1, E), layer_masks(tm)])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+ADDITIVE = [f for f in FAMILIES if f not in POST_NORM_FAMILIES]
+
+
+@pytest.mark.parametrize("family", ADDITIVE)
 def test_sparse_equals_general_patched_forward(family):
     tm = TracedModel(tiny_model(family))
     clean, corr, mask = random_batch(B=3, P=9)  # left-padded rows 1 and 2
@@ -141,3 +144,11 @@ def test_adapter_must_opt_in():
     tm = TracedModel(tiny_model("llama"))
     assert supports_sparse(tm.adapter)
     assert not supports_sparse(PostNorm(tm.model))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_exactly_the_additive_families_take_the_sparse_path(family):
+    """Post-norm families (head outputs not additive) fall back to the general patched forward."""
+    from circuits.runtime.sparse import supports_sparse
+
+    assert supports_sparse(TracedModel(tiny_model(family)).adapter) == (family not in POST_NORM_FAMILIES)
