@@ -7,7 +7,8 @@ d 896, vocabulary 151,936; seed 0; 179,749 edges) and runs, each in a fresh proc
 forward (+ backward), EAP, EAP-IG-inputs (5 steps) and a MIB faithfulness curve (10 fractions;
 scores from EAP). Prints per method the seconds, the ratio to the bare forward+backward (the bare
 forward for the curve), and the peak resident memory above the loaded model (VmHWM reset after
-loading) next to the memory planner's estimate for the same work. Run on an idle machine.
+loading) next to the memory planner's estimate for the same work (its peak less the parameters).
+Run on an idle machine.
 """
 
 from __future__ import annotations
@@ -104,10 +105,15 @@ def main() -> None:
     bare = results.pop("bare")
     print(f"edges: {bare['edges']}; bare forward {bare['forward_s']:.2f} s, forward+backward {bare['forward_backward_s']:.2f} s, "
           f"peak above the model {bare['peak_above_model_mb']:.0f} MB")
-    print(f"{'method':16s} {'seconds':>8s} {'ratio':>7s} {'peak MB':>8s}")
+    from circuits.planning import estimate, shape_of
+
+    shape = shape_of(qwen25_05b_config())
+    print(f"{'method':16s} {'seconds':>8s} {'ratio':>7s} {'peak MB':>8s} {'planner MB':>11s}")
     for m, r in results.items():
         floor = bare["forward_s"] if m == "curve" else bare["forward_backward_s"]
-        print(f"{m:16s} {r['seconds']:8.2f} {r['seconds'] / floor:6.1f}x {r['peak_above_model_mb']:8.0f}"
+        est = estimate(shape, m, args.tokens, args.batch, args.batch, max_rows=args.max_rows)
+        planned = (est.peak - shape.n_params * shape.bytes) / 2**20  # the measurement starts with the model loaded
+        print(f"{m:16s} {r['seconds']:8.2f} {r['seconds'] / floor:6.1f}x {r['peak_above_model_mb']:8.0f} {planned:11.0f}"
               + ("  (ratio to the bare forward)" if m == "curve" else ""))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
