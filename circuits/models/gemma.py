@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .llama import LlamaAdapter
+from .qwen3 import PerHeadQKNorm
 
 
 class Gemma2Adapter(LlamaAdapter):
@@ -55,11 +56,9 @@ class Gemma2Adapter(LlamaAdapter):
         return int(window)
 
 
-class Gemma3Adapter(Gemma2Adapter):
+class Gemma3Adapter(PerHeadQKNorm, Gemma2Adapter):
     family = "gemma3"
     model_types = ("gemma3_text",)
-    #: q and k are normalised per head after the projection (not linear in the receiver input)
-    linear_qkv = False
 
     def rotary(self, x: torch.Tensor, position_ids: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """One ``(cos, sin)`` per layer type (local layers use ``rope_local_base_freq``'s base)."""
@@ -68,14 +67,3 @@ class Gemma3Adapter(Gemma2Adapter):
 
     def layer_rotary(self, rot: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         return rot[self.config.layer_types[layer]]
-
-    def project_qkv(self, layer: int, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor):
-        q, k, v = super().project_qkv(layer, xq, xk, xv)  # [B, H(kv), P, dh]
-        attn = self.block(layer).self_attn
-        return attn.q_norm(q), attn.k_norm(k), v
-
-    def project_heads(self, layer: int, x: torch.Tensor, heads: torch.Tensor, comp: torch.Tensor) -> torch.Tensor:
-        y = super().project_heads(layer, x, heads, comp)  # [m, B, P, dh]
-        attn = self.block(layer).self_attn
-        c = comp[:, None, None, None]
-        return torch.where(c == 0, attn.q_norm(y), torch.where(c == 1, attn.k_norm(y), y))

@@ -1,5 +1,6 @@
 """Qwen3: the Llama family plus a per-head RMSNorm on queries and keys (``q_norm``, ``k_norm`` over
-the head dimension, after the projection and before rotary)."""
+the head dimension, after the projection and before rotary). :class:`PerHeadQKNorm` is that norm for
+any family whose attention module holds ``q_norm``/``k_norm`` (Gemma-3 uses it too)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import torch
 from .llama import LlamaAdapter
 
 
-class Qwen3Adapter(LlamaAdapter):
-    family = "qwen3"
-    model_types = ("qwen3",)
-    #: q and k are not linear in the receiver input (a norm follows the projection), so gradient
-    #: probes read each q/k/v receiver's own input instead of the shared linear shortcut
+class PerHeadQKNorm:
+    """Mixin (before an adapter base): queries and keys normalised per head after the projection.
+
+    q and k are then not linear in the receiver input, so gradient probes read each q/k/v
+    receiver's own input instead of the shared linear shortcut (``linear_qkv = False``).
+    """
+
     linear_qkv = False
-    additive_residual = True  # the sparse masked forward applies (see Adapter.additive_residual)
 
     def project_qkv(self, layer: int, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor):
         q, k, v = super().project_qkv(layer, xq, xk, xv)  # [B, H(kv), P, dh]
@@ -26,3 +28,9 @@ class Qwen3Adapter(LlamaAdapter):
         attn = self.block(layer).self_attn
         c = comp[:, None, None, None]
         return torch.where(c == 0, attn.q_norm(y), torch.where(c == 1, attn.k_norm(y), y))
+
+
+class Qwen3Adapter(PerHeadQKNorm, LlamaAdapter):
+    family = "qwen3"
+    model_types = ("qwen3",)
+    additive_residual = True  # the sparse masked forward applies (see Adapter.additive_residual)

@@ -114,7 +114,8 @@ def node_stage(name: str, n_layers: int) -> int:
     return 2 * layer + (1 if node_kind(name) == "head" else 2)
 
 
-def _stage_label(stage: int, n_layers: int) -> str:
+def stage_label(stage: int, n_layers: int) -> str:
+    """The name of residual stage ``stage`` (0 = embed, then per layer attn and mlp, last = unembed)."""
     if stage == 0:
         return "embed"
     if stage == 2 * n_layers + 1:
@@ -335,7 +336,7 @@ def _add_ranks(dot: graphviz.Digraph, nodes: list[str], L: int, layer_labels: bo
         with dot.subgraph() as r:
             r.attr(rank="same")
             if layer_labels:
-                r.node(f"_rank{s}", label=_stage_label(s, L), shape="plaintext", fontsize="9", fontcolor="#888888")
+                r.node(f"_rank{s}", label=stage_label(s, L), shape="plaintext", fontsize="9", fontcolor="#888888")
             else:
                 r.node(f"_rank{s}", label="", shape="point", width="0", height="0", style="invis")
             for n in nodes:

@@ -28,7 +28,17 @@ import torch
 from ..evaluation import Curve
 from ..graph import Graph, head_of, node_layer
 from ..io import atomic_write_text, check_target
-from .diagram import GROUP_BORDERS, GROUP_FILLS, NEGATIVE, NEUTRAL, POSITIVE, default_title, node_kind, node_stage
+from .diagram import (
+    GROUP_BORDERS,
+    GROUP_FILLS,
+    NEGATIVE,
+    NEUTRAL,
+    POSITIVE,
+    default_title,
+    node_kind,
+    node_stage,
+    stage_label,
+)
 
 __all__ = ["EXPLORER_TOP", "MAX_EXPLORER_EDGES", "explorer_data", "explorer_page", "render_explorer", "edge_ranks", "page_data"]
 
@@ -89,17 +99,8 @@ def _layout(graph: Graph, names: Sequence[str]) -> tuple[list[dict[str, Any]], l
     for n in nodes:  # the node a head becomes when heads are collapsed
         hd = head_of(n["name"])
         n["collapsed"] = index[f"a{hd[0]}"] if hd else index[n["name"]]
-    rows = [{"y": y_of(s), "label": _row_label(s, L)} for s in range(2 * L + 2)]
+    rows = [{"y": y_of(s), "label": stage_label(s, L)} for s in range(2 * L + 2)]
     return nodes, rows, width, height
-
-
-def _row_label(stage: int, n_layers: int) -> str:
-    if stage == 0:
-        return "embed"
-    if stage == 2 * n_layers + 1:
-        return "unembed"
-    layer, is_mlp = divmod(stage - 1, 2)
-    return f"L{layer} {'mlp' if is_mlp else 'attn'}"
 
 
 def _check_groups(graph: Graph, groups: Mapping[str, Iterable[str]] | None) -> dict[str, list[str]]:
