@@ -1,10 +1,11 @@
-"""Atomic file writing: a file the user asked for is either written whole or not at all."""
+"""Atomic file writing: a file (or a folder of files) the user asked for is either written whole or not at all."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +43,23 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def staged_folder(out: str | Path) -> Iterator[Path]:
+    """Yield an empty hidden sibling folder of ``out`` to write files into; on success move every file
+    written there into ``out`` (created if missing), on any exception (including Ctrl-C) leave ``out``
+    untouched. The staging folder is always removed."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield stage
+        out.mkdir(exist_ok=True)
+        for f in sorted(stage.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def atomic_write_text(path: str | Path, text: str, overwrite: bool = True) -> Path:

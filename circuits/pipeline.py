@@ -9,9 +9,6 @@ place at the end, so an error or Ctrl-C leaves no partial results.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -27,6 +24,7 @@ from .circuit.minimal import INERT_DELTA, check_runner, check_target, search_siz
 from .circuit.minimal import refine as refine_circuit
 from .evaluation import CircuitReport, Curve, evaluate_circuit, faithfulness_curve
 from .graph import Graph, Scoring
+from .io import staged_folder
 from .models import graph_for
 from .parallel import Parallel, world
 from .patching import PatchRunner, acdc, exact_edge_effects
@@ -258,17 +256,9 @@ def write_outputs(found: Discovery, out: str | Path, *, overwrite: bool = False,
     existing = [n for n in OUTPUTS if (out / n).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out} already holds results ({', '.join(existing)}); pass --force to overwrite them")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as stage:
         notes = _write_all(found, stage, force_render, title)
-        out.mkdir(exist_ok=True)
-        written = []
-        for f in sorted(stage.iterdir()):
-            os.replace(f, out / f.name)
-            written.append(out / f.name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        written = [out / f.name for f in sorted(stage.iterdir())]
     found.files, found.warnings = written, notes
     return found
 

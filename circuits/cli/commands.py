@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
@@ -42,8 +41,10 @@ from .preflight import (
 
 
 def _writes() -> bool:
-    """True unless this is a rank other than 0 of a ``torchrun`` job (rank 0 alone writes files)."""
-    return os.environ.get("RANK", "0") == "0"
+    """True unless this is a rank other than 0 of a process group (rank 0 alone writes files)."""
+    from ..parallel import is_main
+
+    return is_main()
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -408,14 +409,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _write_compare(result: Any, graphs: list, files: list[str], out: Path, notes: list[str]) -> None:
     """compare.json and the diagram into ``out``, all or nothing (staged in a sibling folder)."""
-    import os
-    import tempfile
-
+    from ..io import staged_folder
     from ..render.compare import render_compare
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as stage:
         result.to_json(stage / "compare.json")
         if result.n_union > MAX_DIAGRAM_EDGES:
             notes.append(f"diagram skipped: the union has {result.n_union} edges (more than {MAX_DIAGRAM_EDGES})")
@@ -423,11 +420,6 @@ def _write_compare(result: Any, graphs: list, files: list[str], out: Path, notes
             notes.append(f"diagram skipped: Graphviz's `dot` program is not on PATH ({INSTALL_GRAPHVIZ})")
         else:
             render_compare(graphs, files, stage / "compare.svg")
-        out.mkdir(exist_ok=True)
-        for f in sorted(stage.iterdir()):
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -15,9 +15,6 @@ not on an input -> logits path are removed (EAP-IG's ``prune``), so every circui
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,6 +23,7 @@ import torch
 
 from ..circuit import top_fraction
 from ..graph import Graph
+from ..io import staged_folder
 from .mib import save_mib
 
 MIB_PERCENTS: tuple[float, ...] = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50)
@@ -139,18 +137,11 @@ def write_submission(graph: Graph, out: str | Path, task: str, model: str, kind:
         graphs = {IMPORTANCES_FILE: graph.with_circuit(torch.ones(graph.n_edges, dtype=torch.bool))}
     else:
         graphs = {circuit_file(p): c for p, c in mib_circuits(graph).items()}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
+    with staged_folder(target) as stage:
         for fname, g in graphs.items():
             save_mib(g, stage / fname, d_model=spec.d_model)
-        target.mkdir(exist_ok=True)
         for stale in set(submission_files("importances") + submission_files("circuits")) - set(graphs):
-            (target / stale).unlink(missing_ok=True)
-        for fname in graphs:
-            os.replace(stage / fname, target / fname)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+            (target / stale).unlink(missing_ok=True)  # the other kind's files, once every new one is written
     return {target / f: g.n_circuit_edges for f, g in graphs.items()}
 
 
