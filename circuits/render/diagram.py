@@ -194,7 +194,7 @@ def _legend_label(edges: Sequence[DrawnEdge], collapse_heads: bool, merge_qkv: b
     )
 
 
-def _resolve_groups(
+def resolve_groups(
     graph: Graph, groups: Mapping[str, Iterable[str]] | None, drawn: set[str], collapse_heads: bool
 ) -> dict[str, list[str]]:
     """Group name -> drawn nodes in it (nodes outside the circuit are dropped; unknown names raise)."""
@@ -273,7 +273,7 @@ def to_dot(
     # Nodes in topological order of the drawing.
     seen = {n for e in edges for n in (e.sender, e.receiver)}
     nodes = sorted(seen, key=lambda n: (node_stage(n, L), _head_index(n), n))
-    group_of = _resolve_groups(graph, groups, seen, collapse_heads)
+    group_of = resolve_groups(graph, groups, seen, collapse_heads)
     dot = _new_digraph(title if title is not None else default_title(graph, graph.n_circuit_edges))
     _add_nodes(dot, graph, nodes, group_of, collapse_heads)
     legend_label = _legend_label(edges, collapse_heads, merge_qkv, color_legend) if legend and edges else None

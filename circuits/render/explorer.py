@@ -37,6 +37,7 @@ from .diagram import (
     default_title,
     node_kind,
     node_stage,
+    resolve_groups,
     stage_label,
 )
 
@@ -103,26 +104,6 @@ def _layout(graph: Graph, names: Sequence[str]) -> tuple[list[dict[str, Any]], l
     return nodes, rows, width, height
 
 
-def _check_groups(graph: Graph, groups: Mapping[str, Iterable[str]] | None) -> dict[str, list[str]]:
-    """``{"class": [node names]}`` checked against the graph (unknown names and overlaps raise ``ValueError``)."""
-    out: dict[str, list[str]] = {}
-    owner: dict[str, str] = {}
-    valid = set(graph.nodes)
-    for gname, members in (groups or {}).items():
-        if isinstance(members, str):
-            raise ValueError(f"group {gname!r} must be a list of node names, got the string {members!r}")
-        out[gname] = []
-        for n in members:
-            if n not in valid:
-                raise ValueError(f"group {gname!r}: {n!r} is not a node of this graph; nodes look like "
-                                 "'input', 'a3.h5', 'm7', 'logits'")
-            if n in owner and owner[n] != gname:
-                raise ValueError(f"node {n!r} is in two groups, {owner[n]!r} and {gname!r}; groups must not overlap")
-            owner[n] = gname
-            out[gname].append(n)
-    return out
-
-
 def _curve_data(curve: Curve | None) -> dict[str, Any] | None:
     """The curve's points as the slider reads them: requested size (top k before pruning) -> f."""
     if curve is None:
@@ -174,7 +155,7 @@ def explorer_data(
     nodes, rows, width, height = _layout(graph, names)
     at = {n["name"]: i for i, n in enumerate(nodes)}
     scores = [s if math.isfinite(s) else None for s in graph.scores[idx].detach().float().tolist()]
-    checked = _check_groups(graph, groups)
+    checked = resolve_groups(graph, groups, set(graph.nodes), collapse_heads=False)  # every node may be drawn
     return {
         "title": title if title is not None else default_title(graph, graph.n_circuit_edges).replace("\n", " — "),
         "meta": {k: v for k, v in graph.provenance.to_dict().items() if isinstance(v, (str, int, float, bool))},
