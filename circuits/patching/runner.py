@@ -282,29 +282,25 @@ def shard_data(tm: TracedModel, data: Task | Iterable[Batch], batch_size: int, s
     """
     rank, size = world()
     if isinstance(data, Task):
-        batches = None
-        n = len(data)
-        if n == 0:
+        if len(data) == 0:
             raise ValueError("the dataset is empty: the task has no examples")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batches, n, units = None, len(data), len(data)  # a Task is shared out by examples
     else:
         batches = as_batches(data, batch_size)
-        n = sum(len(b) for b in batches)
+        n, units = sum(len(b) for b in batches), len(batches)
     if size > 1:
         agree("the model", tm.fingerprint())
         agree("the data", (n, fingerprint(*(data.clean_ids, data.corrupted_ids, data.answers) if batches is None
                                           else [t for b in batches for t in (b.clean, b.corrupted, b.answers)])))
-    if not split or size == 1:
-        return (batches if batches is not None else list(data.batches(batch_size))), n
-    units = n if batches is None else len(batches)
-    if units < size:
-        raise ValueError(f"{units} {'examples' if batches is None else 'batches'} cannot be shared by {size} processes; "
-                         "use more examples or fewer processes")
-    mine = shard_range(units, rank, size)
-    if batches is not None:
-        return [batches[i] for i in mine], n
-    return [data.batch(range(s, min(s + batch_size, mine.stop))) for s in range(mine.start, mine.stop, batch_size)], n
+    span = range(units)
+    if split and size > 1:
+        if units < size:
+            raise ValueError(f"{units} {'examples' if batches is None else 'batches'} cannot be shared by {size} "
+                             "processes; use more examples or fewer processes")
+        span = shard_range(units, rank, size)
+    if batches is None:
+        return list(data.batches(batch_size, span)), n
+    return [batches[i] for i in span], n
 
 
 def masked_metric(

@@ -246,12 +246,14 @@ class Task:
             answer_pos=torch.full((len(idx),), width - 1, dtype=torch.long),
         )
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:
-        """Consecutive batches of ``batch_size`` examples in dataset order (the last may be smaller)."""
+    def batches(self, batch_size: int, span: range | None = None) -> Iterator[Batch]:
+        """Consecutive batches of ``batch_size`` examples in dataset order (the last may be smaller), of
+        the examples in ``span`` (default: all)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        for start in range(0, len(self), batch_size):
-            yield self.batch(range(start, min(start + batch_size, len(self))))
+        span = range(len(self)) if span is None else span
+        for start in range(span.start, span.stop, batch_size):
+            yield self.batch(range(start, min(start + batch_size, span.stop)))
 
 
 # --------------------------------------------------------------------------------------------------------------
