@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from common import proc_status_bytes, reset_peak_rss  # noqa: E402
 
 SHAPES: dict[str, dict] = {
     "gpt2-small": {"model_type": "gpt2", "n_layer": 12, "n_head": 12, "n_embd": 768, "vocab_size": 50257},
@@ -30,14 +32,6 @@ SHAPES: dict[str, dict] = {
                      "tie_word_embeddings": True},
     "gpt2-quick": {"model_type": "gpt2", "n_layer": 12, "n_head": 4, "n_embd": 256, "vocab_size": 2000},
 }
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _task(vocab: int, n: int, tokens: int):
@@ -92,11 +86,10 @@ def worker(shape: str, method: str, batch: int, tokens: int, examples: int, max_
     _run(model, _task(config.vocab_size, 2, 4), "eap", 2, max_rows)  # warm-up: kernels, thread pools
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-        f.write("5")  # the peak-RSS mark starts again from the current RSS
-    before = _status("VmRSS")
+    reset_peak_rss()  # the peak-RSS mark starts again from the current RSS
+    before = proc_status_bytes("VmRSS")
     _run(model, task, method, batch, max_rows)
-    measured = _status("VmHWM") - before
+    measured = proc_status_bytes("VmHWM") - before
     est = estimate(shape_of(config, dtype), method, tokens, batch, examples, max_rows)
     params = dict((c[0], c[1]) for c in est.components)["parameters"]
     return {"shape": shape, "method": method, "batch": batch, "tokens": tokens, "examples": examples,

@@ -11,6 +11,7 @@ is >= 1.7x for 2 processes. Run it on an idle machine and note the load average.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -75,8 +76,8 @@ def main() -> None:
     p.add_argument("--edges", type=int, default=256, help="edges of the exact-effects measurement")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--chunk", type=int, default=4, help="examples per batch (the unit data parallelism splits)")
-    p.add_argument("--worker", action="store_true", help=argparse_suppress())
-    p.add_argument("--result", default="", help=argparse_suppress())
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--result", default="", help=argparse.SUPPRESS)
     p.set_defaults(batch=16)
     args = p.parse_args()
     if args.worker:
@@ -92,12 +93,6 @@ def main() -> None:
     for name in one:
         print(f"{name:22s} {one[name]:9.2f}s {many[name]:11.2f}s {one[name] / many[name]:8.2f}x")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-
-
-def argparse_suppress() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

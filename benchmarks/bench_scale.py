@@ -13,6 +13,7 @@ Run on an idle machine.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import random_batch  # noqa: E402
+from common import proc_status_bytes, random_batch, reset_peak_rss  # noqa: E402
 
 METHODS = ("bare", "eap", "eap-ig-inputs", "curve")
 
@@ -33,13 +34,6 @@ def qwen25_05b_config():
     return Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
                        rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
-
-
-def _rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _one(method: str, args) -> dict:
@@ -60,8 +54,8 @@ def _one(method: str, args) -> dict:
     b = data[0]
     if method == "curve":
         scores = attribute(tm, data, "logit_diff", "eap")
-    base = _rss_mb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    reset_peak_rss()  # the peak (VmHWM) starts again from the current RSS
+    base = proc_status_bytes("VmRSS") / 2**20
     t = time.perf_counter()
     if method == "bare":
         with torch.no_grad():
@@ -79,7 +73,7 @@ def _one(method: str, args) -> dict:
     else:
         attribute(tm, data, "logit_diff", method, steps=5)
         out = {"seconds": time.perf_counter() - t}
-    out["peak_above_model_mb"] = _rss_mb("VmHWM") - base
+    out["peak_above_model_mb"] = proc_status_bytes("VmHWM") / 2**20 - base
     out["edges"] = tm.layout.n_edges
     return out
 
@@ -90,7 +84,7 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=list(METHODS[1:]), choices=METHODS[1:])
     p.add_argument("--max-rows", type=int, default=512, help="mask x example rows per patched forward (curve)")
-    p.add_argument("--one", default=None, help=argparse_suppress())
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(json.dumps(_one(args.one, args)))
@@ -116,12 +110,6 @@ def main() -> None:
         print(f"{m:16s} {r['seconds']:8.2f} {r['seconds'] / floor:6.1f}x {r['peak_above_model_mb']:8.0f} {planned:11.0f}"
               + ("  (ratio to the bare forward)" if m == "curve" else ""))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-
-
-def argparse_suppress() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

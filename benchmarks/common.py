@@ -94,6 +94,21 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
+def proc_status_bytes(field: str) -> int:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in bytes (Linux)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Restart the kernel's peak-RSS mark (``VmHWM``) from the current RSS (Linux: ``/proc/self/clear_refs`` = 5)."""
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+        f.write("5")
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (MB; Linux reports KB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
