@@ -80,14 +80,18 @@ def test_sparse_exact_effects_equal_patched_forward(family, ablation, metric):
     assert (eff - ref).abs().max() <= atol, (scale, float((eff - ref).abs().max()))
 
 
-def test_exact_effects_under_base_mask(setup):
-    """With a base mask (edges already removed) each effect is taken against that circuit."""
+@pytest.mark.parametrize("sparse", [True, False])
+def test_exact_effects_under_base_mask(setup, sparse):
+    """With a base mask (edges already removed) each effect is taken against that circuit: relative to
+    the circuit's run (sparse) and resumed from recorded prefixes (general) alike."""
     tm, data = setup
     E = tm.layout.n_edges
     base = (torch.rand(E, generator=torch.Generator().manual_seed(1)) > 0.3).float()
     edges = base.nonzero().flatten()[::7]
-    eff = exact_edge_effects(tm, data, "logit_diff", edges=edges, base_mask=base)
-    r = PatchRunner(tm, data, "logit_diff")
+    runner = PatchRunner(tm, data, "logit_diff", sparse=sparse)
+    eff = exact_edge_effects(None, None, edges=edges, base_mask=base, runner=runner)
+    assert runner.sparse_stats.masks == (len(edges) + 1 if sparse else 0)
+    r = PatchRunner(tm, data, "logit_diff", sparse=False)  # one general patched forward per mask
     masks = base.repeat(len(edges), 1)
     masks[torch.arange(len(edges)), edges] = 0
     ref = r.badness(r.metric_values(masks)) - r.badness(r.metric_values(base[None]))

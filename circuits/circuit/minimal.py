@@ -177,11 +177,12 @@ class _Faith:
     def of_values(self, m: torch.Tensor | np.ndarray) -> np.ndarray:
         return (np.asarray(m, dtype=np.float64) - self.m_empty) / self.span + 0.0
 
-    def __call__(self, masks: torch.Tensor) -> np.ndarray:
+    def __call__(self, masks: torch.Tensor, around: torch.Tensor | None = None) -> np.ndarray:
+        """``f`` of each mask; ``around``: the circuit they are small changes of (evaluated relative to it)."""
         masks = masks[None] if masks.dim() == 1 else masks
         if len(masks) == 0:
             return np.zeros(0)
-        return self.of_values(self.runner.evaluate(masks.float())["m"].numpy())
+        return self.of_values(self.runner.evaluate(masks.float(), around=around)["m"].numpy())
 
 
 # ============================================================================================== search_size
@@ -379,7 +380,7 @@ def _grow(faith: _Faith, layout, current: torch.Tensor, f_cur: float, rank: torc
         cand = cand[order[:max_candidates]]
     masks = current.repeat(len(cand), 1)
     masks[torch.arange(len(cand)), cand] = True
-    f = faith(masks)
+    f = faith(masks, around=current)
     best = int(np.argmax(f))
     if not f[best] > f_cur:
         return None
@@ -451,7 +452,7 @@ def _verified_drop(faith: _Faith, graph: Graph, current: torch.Tensor, order: to
         cum[row] = dangling_mask(graph, cum[row])
     single = current.clone()
     single[order[0]] = False  # the best drop alone, no dangling removal
-    f = faith(torch.cat([cum, single[None]]))
+    f = faith(torch.cat([cum, single[None]]), around=current)
     f_cum = f[:-1]
     good = np.nonzero(f_cum >= target)[0]
     if len(good):

@@ -98,6 +98,7 @@ class PatchRunner:
         self.parallel: Parallel = parallel
         self.sparse = sparse and ablation == "patching" and supports_sparse(self.tm.adapter)
         self.sparse_stats = SparseStats()
+        self._rebased: tuple[bytes, list[SparseBase]] | None = None  # (circuit, its rebased sparse bases)
         local, self.n_examples = shard_data(self.tm, data, batch_size, split=parallel == "data")
         batches = [b.to(self.tm.device) for b in local]
         with torch.no_grad():
@@ -149,6 +150,7 @@ class PatchRunner:
         progress: bool = False,
         resume_from: tuple[int, list[RunOutput]] | None = None,
         per_example: bool = False,
+        around: KeepMask | None = None,
     ) -> dict[str, torch.Tensor]:
         """Mean metrics over the data for each keep-mask: ``masks`` ``[K, E]`` -> ``{name: [K]}`` float64.
 
@@ -157,6 +159,9 @@ class PatchRunner:
         ``resume_from = (layer, base_runs(mask))``: every mask equals that base mask on edges into
         layers before ``layer``, so those layers are not recomputed. With ``per_example`` the values
         are not averaged: ``{name: [K, N]}`` in the order of the data (for bootstrap intervals).
+        ``around`` (a binary keep-mask ``[E]``): the masks differ from this circuit in a few edges, so the
+        sparse forward works relative to its run (:meth:`~circuits.runtime.sparse.SparseBase.rebase`,
+        cached for the last circuit) and computes only what those edges change; the values are the same.
         """
         masks = self.layout.keep_mask(masks)
         masks = masks[None] if masks.dim() == 1 else masks
@@ -179,6 +184,7 @@ class PatchRunner:
             starts.append(starts[-1] + len(p.batch))
         work = [(i, p, patched[c0:c0 + self.rows_per_forward(p)])
                 for i, p in enumerate(self.prepared) for c0 in range(0, len(patched), self.rows_per_forward(p))]
+        rebased = self.rebased(around) if around is not None and resume_from is None else None
         it: Iterable = work
         if progress and work and is_main():
             from tqdm.auto import tqdm
@@ -197,7 +203,7 @@ class PatchRunner:
                     layer, bases = resume_from
                     resume = Prefix(layer, bases[i].resid[layer], bases[i].senders)
                 keep = uniq[rows].to(self.tm.device)
-                logits = self.sparse_logits(p, keep) if resume is None else None
+                logits = self.sparse_logits(p, keep, None if rebased is None else rebased[i]) if resume is None else None
                 if logits is None:
                     logits = self.tm.run(p.batch.clean, p.batch.attention_mask, patch=Patch(keep, p.reference),
                                          logit_positions=p.batch.answer_pos, resume=resume).logits
@@ -207,12 +213,26 @@ class PatchRunner:
             return {k: self.gather_masks(self.gather_examples(v))[inverse] for k, v in values.items()}
         return {k: (self.gather_masks(self.sum_examples(v.sum(1))) / self.n_examples)[inverse] for k, v in values.items()}
 
-    def sparse_logits(self, p: PreparedBatch, keep: torch.Tensor) -> torch.Tensor | None:
+    def sparse_logits(self, p: PreparedBatch, keep: torch.Tensor, base: SparseBase | None = None) -> torch.Tensor | None:
         """Answer-position logits ``[K * B, 1, V]`` of binary keep-masks ``[K, E]`` from the sparse masked
-        forward, or None where it does not apply (then the general patched forward runs)."""
+        forward (relative to ``base``, default ``p``'s clean run), or None where it does not apply (then
+        the general patched forward runs)."""
         if p.sparse is None or torch.is_grad_enabled() or not bool(((keep == 0) | (keep == 1)).all()):
             return None
-        return sparse_logits(self.tm.blocks, self.layout, p.sparse, keep, self.sparse_stats)
+        return sparse_logits(self.tm.blocks, self.layout, base or p.sparse, keep, self.sparse_stats)
+
+    def rebased(self, around: KeepMask) -> list[SparseBase] | None:
+        """Every prepared batch's sparse base rebased on the binary circuit ``around`` ([E]); None where the
+        sparse path does not apply or ``around`` is the full graph or not binary. The last one is cached."""
+        keep = self.layout.keep_mask(around).detach().float().cpu().flatten()
+        if not self.sparse or bool((keep == 1).all()) or not bool(((keep == 0) | (keep == 1)).all()):
+            return None
+        key = keep.bool().numpy().tobytes()
+        if self._rebased is None or self._rebased[0] != key:
+            self._rebased = None  # free the previous circuit's runs first
+            dev = keep.to(self.tm.device)
+            self._rebased = (key, [p.sparse.rebase(self.tm.blocks, self.layout, dev) for p in self.prepared])
+        return self._rebased[1]
 
     # ------------------------------------------------------------------ across ranks (identity in one process)
     def sum_examples(self, total: torch.Tensor) -> torch.Tensor:

@@ -11,18 +11,25 @@ residual ``x_r^corr``; the constants cancel because both runs add the same ones)
 every node gets a state (:class:`NodeState`), propagated in topological order by
 :func:`plan_states`:
 
-* ``input`` is CLEAN (the masked run reads the clean ids);
-* a receiver is CLEAN if every incoming edge is kept and comes from a CLEAN sender (then
+* ``input`` is BASE (the masked run reads the clean ids);
+* a receiver is BASE if every incoming edge is kept and comes from a BASE sender (then
   ``x_r^k = x_r^clean``), CORRUPTED if every incoming edge is removed or comes from a
   CORRUPTED sender (``x_r^k = x_r^corr``), else CHANGED;
-* a head is CLEAN / CORRUPTED if its q, k and v receivers all are, else CHANGED; an MLP and the
+* a head is BASE / CORRUPTED if its q, k and v receivers all are, else CHANGED; an MLP and the
   logits follow their one receiver.
 
-CLEAN and CORRUPTED nodes take their outputs from the two recorded runs (``Δ = z^clean − z^corr``
+BASE and CORRUPTED nodes take their outputs from the two recorded runs (``Δ = z^base − z^corr``
 or 0); only CHANGED nodes are computed (:func:`sparse_logits`), batched over the masks that
 change them: a CHANGED head recomputes the projections of its CHANGED q/k/v receivers only
 (the others come from the recorded runs' q/k/v), then attention and ``W_O``; a CHANGED MLP runs
 on its assembled input; CHANGED logits are read at the answer positions only.
+
+**The base run.** It is the clean run (every edge kept) unless the runs are *rebased* on a circuit
+``b`` (:meth:`SparseBase.rebase`): then BASE means "equals ``b``'s masked run", and a receiver is
+BASE when every incoming edge contributes what it contributes under ``b`` (both kept from a BASE
+sender, or both contribute nothing: removed, or from a sender that is corrupted under ``b``).
+Masks that differ from ``b`` in a few edges (exact effects against a circuit, refinement) then
+compute only the nodes downstream of those edges that the circuit reads.
 
 This holds only where the residual is that sum: adapters opt in by declaring
 ``additive_residual = True`` on their own class (:func:`supports_sparse`), so a new family
@@ -34,7 +41,7 @@ heads, dh head width, N = CHANGED (mask, sender) pairs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
 import torch
@@ -48,12 +55,12 @@ from .masks import causal_mask, default_position_ids
 class NodeState(IntEnum):
     """A node's (or receiver's) value under one keep-mask, relative to the two recorded runs."""
 
-    CLEAN = 0  # equals the clean run's
+    BASE = 0  # equals the base run's: the clean run's, or a rebased circuit's (SparseBase.rebase)
     CORRUPTED = 1  # equals the corrupted run's
     CHANGED = 2  # neither: computed
 
 
-CLEAN, CORRUPTED, CHANGED = NodeState.CLEAN.value, NodeState.CORRUPTED.value, NodeState.CHANGED.value
+BASE, CORRUPTED, CHANGED = NodeState.BASE.value, NodeState.CORRUPTED.value, NodeState.CHANGED.value
 
 
 def supports_sparse(adapter: Adapter) -> bool:
@@ -89,32 +96,64 @@ class StatePlan:
         return self.live.sum(1) + (self.logits == CHANGED)
 
 
-def plan_states(layout: GraphLayout, keep: torch.Tensor) -> StatePlan:
-    """States of every node under binary keep-masks ``[K, E]`` (values 0/1), in topological order."""
+@dataclass(frozen=True)
+class BaseMask:
+    """The circuit a :class:`SparseBase` was rebased on: ``keep`` ``[S, R]`` bool (dense keep-mask) and
+    which of its senders ``[S]`` / receivers ``[R]`` read (or output) exactly the corrupted run's values."""
+
+    keep: torch.Tensor
+    corrupted_senders: torch.Tensor
+    corrupted_receivers: torch.Tensor
+
+
+def plan_states(layout: GraphLayout, keep: torch.Tensor, around: BaseMask | None = None,
+                compute_all: bool = False) -> StatePlan:
+    """States of every node under binary keep-masks ``[K, E]`` (values 0/1), in topological order,
+    relative to the clean run or, with ``around``, to that circuit's run. With ``compute_all`` every
+    CHANGED sender is live (a rebase needs every node's value, read or not)."""
     kd = layout.to_dense(keep.float()) > 0.5  # [K, S, R]
-    valid = layout.valid.to(kd.device)
+    dev = kd.device
+    valid = layout.valid.to(dev)
     K = kd.shape[0]
-    send = torch.full((K, layout.n_senders), CLEAN, dtype=torch.int8, device=kd.device)
-    recv = torch.full((K, layout.n_receivers), CLEAN, dtype=torch.int8, device=kd.device)
+    send = torch.full((K, layout.n_senders), BASE, dtype=torch.int8, device=dev)
+    recv = torch.full((K, layout.n_receivers), BASE, dtype=torch.int8, device=dev)
+    if around is not None:
+        base_zero = ~around.keep.to(dev) | around.corrupted_senders.to(dev)[:, None]  # [S, R]: contributes nothing
+        corr_s, corr_r = around.corrupted_senders.to(dev), around.corrupted_receivers.to(dev)
 
     def read(r0: int, r1: int, n: int) -> torch.Tensor:
         kept, v, st = kd[:, :n, r0:r1], valid[:n, r0:r1], send[:, :n, None]
-        not_clean = (v & (~kept | (st != CLEAN))).any(1)  # [K, r1-r0]
-        not_corr = (v & kept & (st != CORRUPTED)).any(1)
-        out = torch.where(not_clean, torch.where(not_corr, CHANGED, CORRUPTED), CLEAN).to(torch.int8)
+        zero = ~kept | (st == CORRUPTED)  # contributes nothing beyond the corrupted run
+        same = kept & (st == BASE)  # contributes what it contributes to the base run
+        if around is not None:  # ... or nothing, where the base run's edge contributes nothing either
+            bz = base_zero[:n, r0:r1]
+            same = (same & ~bz) | (zero & bz)
+        not_base = (v & ~same).any(1)  # [K, r1-r0]
+        not_corr = (v & ~zero).any(1)
+        out = torch.where(not_corr, torch.where(not_base, CHANGED, BASE), CORRUPTED).to(torch.int8)
+        if around is not None:  # the base run's value is the corrupted one there: say so (heads need all 3)
+            out[(out == BASE) & corr_r[r0:r1]] = CORRUPTED
         recv[:, r0:r1] = out
         return out
 
     for layer in range(layout.n_layers):
-        qkv = read(*layout.attn_receivers(layer), layout.senders_before_attn(layer)).view(K, layout.n_heads, 3)
-        heads = torch.where((qkv == CLEAN).all(-1), CLEAN, torch.where((qkv == CORRUPTED).all(-1), CORRUPTED, CHANGED))
+        r0, r1 = layout.attn_receivers(layer)
+        qkv = read(r0, r1, layout.senders_before_attn(layer)).view(K, layout.n_heads, 3)
+        same = qkv == BASE  # each receiver reads what it reads in the base run (also: corrupted in both)
+        if around is not None:
+            same |= (qkv == CORRUPTED) & corr_r[r0:r1].view(1, layout.n_heads, 3)
+        heads = torch.where((qkv == CORRUPTED).all(-1), CORRUPTED, torch.where(same.all(-1), BASE, CHANGED))
         s0, s1 = layout.head_senders(layer)
         send[:, s0:s1] = heads.to(torch.int8)
         r = layout.mlp_receiver(layer)
         send[:, layout.mlp_sender(layer)] = read(r, r + 1, layout.senders_before_mlp(layer))[:, 0]
+        if around is not None:  # a BASE sender whose base output is the corrupted run's is CORRUPTED
+            for a, b in ((s0, s1), (layout.mlp_sender(layer), layout.mlp_sender(layer) + 1)):
+                send[:, a:b][(send[:, a:b] == BASE) & corr_s[a:b]] = CORRUPTED
     r = layout.logits_receiver
     read(r, r + 1, layout.n_senders)
-    return StatePlan(send, recv, live_senders(layout, kd, send, recv))
+    live = send == CHANGED if compute_all else live_senders(layout, kd, send, recv)
+    return StatePlan(send, recv, live)
 
 
 def live_senders(layout: GraphLayout, kd: torch.Tensor, send: torch.Tensor, recv: torch.Tensor) -> torch.Tensor:
@@ -163,12 +202,13 @@ class SparseStats:
 
 @dataclass(frozen=True)
 class SparseBase:
-    """One batch's clean and corrupted runs, as the sparse forward reads them.
+    """One batch's base (clean, unless rebased) and corrupted runs, as the sparse forward reads them.
 
-    ``z_corr``: ``[S, B, P, d]`` corrupted sender outputs; ``delta``: ``z^clean − z^corr`` ``[S, B, P, d]``;
+    ``z_corr``: ``[S, B, P, d]`` corrupted sender outputs; ``delta``: ``z^base − z^corr`` ``[S, B, P, d]``;
     ``resid_corr``: the corrupted residual entering every layer, then the final one (``[B, P, d]``);
-    ``qkv``: per layer, the clean and the corrupted run's q, k, v (``[B, H, P, dh]``, rotary applied);
-    ``at``: ``[B]`` answer positions; ``clean_logits`` / ``corrupted_logits``: ``[B, 1, V]`` there.
+    ``qkv``: per layer, the base and the corrupted run's q, k, v (``[B, H, P, dh]``, rotary applied);
+    ``at``: ``[B]`` answer positions; ``base_logits`` / ``corrupted_logits``: ``[B, 1, V]`` there;
+    ``around``: the circuit the base run is of (None: the clean run, every edge kept).
     """
 
     z_corr: torch.Tensor
@@ -178,10 +218,11 @@ class SparseBase:
     mask: torch.Tensor  # [B, 1, P, P] bool
     rot: Rotary
     at: torch.Tensor
-    clean_logits: torch.Tensor
+    base_logits: torch.Tensor
     corrupted_logits: torch.Tensor
     delta_at: torch.Tensor = field(repr=False)  # [S, B, d]: delta at the answer positions
     final_at: torch.Tensor = field(repr=False)  # [B, d]: the corrupted final residual there
+    around: BaseMask | None = None
 
     @classmethod
     def from_runs(cls, blocks: list[Block], attention_mask: torch.Tensor | None, answer_pos: torch.Tensor,
@@ -201,6 +242,24 @@ class SparseBase:
         return cls(zx, delta, corrupted.resid, qkv, causal_mask(attention_mask, B, P, dev), rot, at,
                    clean.logits, corrupted.logits, delta[:, rows, at], corrupted.resid[-1][rows, at])
 
+    def rebase(self, blocks: list[Block], layout: GraphLayout, keep: torch.Tensor) -> SparseBase:
+        """The same runs with the binary keep-mask ``keep`` (``[E]``)'s run as the base: masks that differ
+        from ``keep`` in a few edges then compute only what those edges change. Costs one sparse forward
+        of ``keep`` that computes every node it changes (read or not: other masks may read them)."""
+        keep = keep.reshape(1, -1).to(self.delta.device, self.delta.dtype)
+        plan = plan_states(layout, keep, self.around, compute_all=True)
+        run = _Run(layout, self, keep, plan, capture=True)
+        logits = run.forward(blocks, SparseStats())
+        st = plan.senders[0]
+        delta = torch.where((st == BASE)[:, None, None, None], self.delta, 0.0)  # CORRUPTED senders: no delta
+        changed = (st == CHANGED).nonzero().flatten()
+        delta[changed] = run.store[run.row[0, changed]]
+        rows = torch.arange(len(self.at), device=self.at.device)
+        around = BaseMask(layout.to_dense(keep[0]) > 0.5, st == CORRUPTED, plan.receivers[0] == CORRUPTED)
+        qkv = [(tuple(q), c) for q, c in run.captured]
+        return replace(self, delta=delta, qkv=qkv, base_logits=logits, delta_at=delta[:, rows, self.at],
+                       around=around)
+
 
 def layer_qkv(block: Block, resid: torch.Tensor, rot: Rotary) -> tuple[torch.Tensor, ...]:
     """q, k, v ``[B, H, P, dh]`` (k/v per query head, rotary applied) of an unpatched layer on ``resid``."""
@@ -213,8 +272,11 @@ def layer_qkv(block: Block, resid: torch.Tensor, rot: Rotary) -> tuple[torch.Ten
 class _Run:
     """One sparse masked forward of K masks: the CHANGED deltas and how receivers read them."""
 
-    def __init__(self, layout: GraphLayout, base: SparseBase, keep: torch.Tensor, plan: StatePlan) -> None:
+    def __init__(self, layout: GraphLayout, base: SparseBase, keep: torch.Tensor, plan: StatePlan,
+                 capture: bool = False) -> None:
         self.layout, self.base, self.plan = layout, base, plan
+        # with one mask, every layer's (q, k, v of that mask's run, corrupted q, k, v): a rebase keeps them
+        self.captured: list | None = [] if capture else None
         S, B, P, d = base.z_corr.shape
         self.kd = layout.to_dense(keep.to(base.delta.dtype))  # [K, S, R] 0/1
         self.changed = plan.live  # [K, S]: the CHANGED senders computed (and stored)
@@ -227,13 +289,21 @@ class _Run:
         # the CHANGED senders' deltas, mask-major: at most K x S rows, like the general path's buffer
         self.store = base.delta.new_empty(len(pairs), B, P, d)
 
+    def forward(self, blocks: list[Block], stats: SparseStats) -> torch.Tensor:
+        """Every layer's CHANGED heads and MLP, then the answer-position logits ``[K * B, 1, V]``."""
+        with torch.no_grad():
+            for block in blocks:
+                self.heads(block, stats)
+                self.mlp(block, stats)
+            return self.logits(blocks[0].adapter, stats)
+
     def inputs(self, ks: torch.Tensor, rs: torch.Tensor, n: int, base: torch.Tensor, delta: torch.Tensor,
                store: torch.Tensor) -> torch.Tensor:
         """Inputs of receivers ``rs[i]`` under masks ``ks[i]`` (``ks`` sorted) reading senders ``0..n-1``:
         ``base + Σ_s keep Δ_s`` -> ``[M, *base.shape]``.
 
         ``base``: the corrupted run's input there; ``delta`` ``[S, ...]`` and ``store`` ``[N, ...]``: the
-        CLEAN senders' and the CHANGED senders' deltas (same trailing shape as ``base``).
+        BASE senders' and the CHANGED senders' deltas (same trailing shape as ``base``).
         """
         flat = base.reshape(1, -1)
         D, Z = delta.flatten(1), store.flatten(1)
@@ -245,9 +315,9 @@ class _Run:
             coef = self.kd[k, :n][:, rs[a:a + c]].t()  # [c, n]
             a += c
             state = self.plan.senders[k, :n]
-            A = coef * (state == CLEAN)
+            A = coef * (state == BASE)
             cols = A.any(0).nonzero().flatten()
-            if 2 * len(cols) < n:  # few CLEAN senders read: gather them
+            if 2 * len(cols) < n:  # few BASE senders read: gather them
                 if len(cols):
                     o.addmm_(A[:, cols], D[cols])
             else:
@@ -263,13 +333,17 @@ class _Run:
         s0, _ = lay.head_senders(layer)
         r0, r1 = lay.attn_receivers(layer)
         pairs = self.changed[:, s0:s0 + lay.n_heads].nonzero()  # [Nc, 2]: (mask, head)
+        K, H = self.changed.shape[0], lay.n_heads
+        based, corr = b.qkv[layer]
+        if self.captured is not None:  # the mask's q, k, v of every head, the computed ones filled in below
+            rs = self.plan.receivers[0, r0:r1].view(H, 3)
+            self.captured.append(([torch.where((rs[:, c] == CORRUPTED)[None, :, None, None], corr[c], based[c])
+                                   for c in range(3)], corr))
         if not len(pairs):
             return
-        K, H = self.changed.shape[0], lay.n_heads
         pk, ph = pairs[:, 0], pairs[:, 1]
         rstate = self.plan.receivers[:, r0:r1].view(K, H, 3)[pk, ph]  # [Nc, 3]
-        clean, corr = b.qkv[layer]
-        qkv = [torch.where((rstate[:, c] == CORRUPTED)[None, :, None, None], corr[c][:, ph], clean[c][:, ph])
+        qkv = [torch.where((rstate[:, c] == CORRUPTED)[None, :, None, None], corr[c][:, ph], based[c][:, ph])
                for c in range(3)]  # [B, Nc, P, dh] each
         live = self.changed[:, s0:s0 + H].repeat_interleave(3, 1)  # [K, 3H]
         recv = ((self.plan.receivers[:, r0:r1] == CHANGED) & live).nonzero()  # [M, 2]: (mask, local receiver)
@@ -285,6 +359,8 @@ class _Run:
         for c in range(3):
             sel = slot == c
             qkv[c][:, target[sel]] = y[:, sel]
+            if self.captured is not None:
+                self.captured[-1][0][c][:, ph] = qkv[c]
         ctx = a.attend(layer, *qkv, b.mask)  # [B, Nc, P, dh]
         out = torch.einsum("bnpe,ned->nbpd", ctx, a.attn_weights(layer).W_O[ph])
         self.store[self.row[pk, s0 + ph]] = out - b.z_corr[s0 + ph]
@@ -304,11 +380,11 @@ class _Run:
         stats.mlps += len(ks)
 
     def logits(self, adapter: Adapter, stats: SparseStats) -> torch.Tensor:
-        """Answer-position logits ``[K * B, 1, V]``: recorded for CLEAN / CORRUPTED masks, else computed."""
+        """Answer-position logits ``[K * B, 1, V]``: recorded for BASE / CORRUPTED masks, else computed."""
         b, state = self.base, self.plan.logits
         K, B = len(state), len(b.at)
-        out = b.clean_logits.new_empty(K, *b.clean_logits.shape)
-        out[state == CLEAN] = b.clean_logits
+        out = b.base_logits.new_empty(K, *b.base_logits.shape)
+        out[state == BASE] = b.base_logits
         out[state == CORRUPTED] = b.corrupted_logits
         ks = (state == CHANGED).nonzero().flatten()
         if len(ks):
@@ -323,17 +399,13 @@ class _Run:
 def sparse_logits(blocks: list[Block], layout: GraphLayout, base: SparseBase, keep: torch.Tensor,
                   stats: SparseStats | None = None) -> torch.Tensor:
     """Answer-position logits ``[K * B, 1, V]`` (mask-major) under binary keep-masks ``[K, E]``, computing
-    only the CHANGED nodes; equal to ``TracedModel.run(clean, patch=Patch(keep, z_corr), logit_positions=at)``.
+    only the CHANGED nodes; equal to ``TracedModel.run(clean, patch=Patch(keep, z_corr), logit_positions=at)``
+    whatever circuit ``base`` was rebased on.
     """
     keep = keep[None] if keep.dim() == 1 else keep
     stats = SparseStats() if stats is None else stats
-    plan = plan_states(layout, keep.to(base.delta.device))
-    run = _Run(layout, base, keep.to(base.delta.device), plan)
-    with torch.no_grad():
-        for block in blocks:
-            run.heads(block, stats)
-            run.mlp(block, stats)
-        out = run.logits(blocks[0].adapter, stats)
+    plan = plan_states(layout, keep.to(base.delta.device), base.around)
+    out = _Run(layout, base, keep.to(base.delta.device), plan).forward(blocks, stats)
     stats.masks += keep.shape[0]
     stats.total_heads += keep.shape[0] * layout.n_layers * layout.n_heads
     stats.total_mlps += keep.shape[0] * layout.n_layers

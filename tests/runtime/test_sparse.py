@@ -6,7 +6,7 @@ from tiny_models import FAMILIES, POST_NORM_FAMILIES, random_batch, sensitive_ll
 
 from circuits import Patch, TracedModel
 from circuits.patching import PatchRunner
-from circuits.runtime.sparse import CHANGED, CLEAN, CORRUPTED, SparseBase, SparseStats, plan_states, sparse_logits
+from circuits.runtime.sparse import BASE, CHANGED, CORRUPTED, SparseBase, SparseStats, plan_states, sparse_logits
 from circuits.tasks.base import Batch
 
 TOL = 1e-5
@@ -57,7 +57,7 @@ def test_sparse_equals_general_patched_forward(family):
     assert sparse.shape == general.shape
     assert (sparse - general).abs().max() <= TOL
     # the masks do change the output: an error in what the sparse path recomputes would show
-    assert (general.view(len(keep), 3, -1) - base.clean_logits.view(1, 3, -1)).abs().amax((1, 2)).max() > 1e-3
+    assert (general.view(len(keep), 3, -1) - base.base_logits.view(1, 3, -1)).abs().amax((1, 2)).max() > 1e-3
     assert 0 < stats.heads < stats.total_heads
 
 
@@ -66,13 +66,13 @@ def test_states_of_simple_masks():
     lay = tm.layout
     E = lay.n_edges
     plan = plan_states(lay, torch.stack([torch.ones(E), torch.zeros(E)]))
-    assert bool((plan.senders[0] == CLEAN).all()) and bool((plan.receivers[0] == CLEAN).all())
-    assert bool((plan.senders[1, 1:] == CORRUPTED).all()) and int(plan.senders[1, 0]) == CLEAN  # input is clean
+    assert bool((plan.senders[0] == BASE).all()) and bool((plan.receivers[0] == BASE).all())
+    assert bool((plan.senders[1, 1:] == CORRUPTED).all()) and int(plan.senders[1, 0]) == BASE  # input is clean
     # edges into layer 0 only: layer 0 clean, then every later receiver reads corrupted values only
     # except through removed edges from clean senders -> corrupted
     plan = plan_states(lay, layer_masks(tm)[:1])
     s0, s1 = lay.head_senders(0)
-    assert bool((plan.senders[0, s0:s1] == CLEAN).all())
+    assert bool((plan.senders[0, s0:s1] == BASE).all())
     assert bool((plan.senders[0, lay.head_senders(1)[0]:] == CORRUPTED).all())
     # one edge a0.h0 -> a1.h1<k> kept: nothing but input is clean, so a1.h1 reads corrupted values
     keep = torch.zeros(1, E)
@@ -152,3 +152,41 @@ def test_exactly_the_additive_families_take_the_sparse_path(family):
     from circuits.runtime.sparse import supports_sparse
 
     assert supports_sparse(TracedModel(tiny_model(family)).adapter) == (family not in POST_NORM_FAMILIES)
+
+
+def near(base: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` masks that each flip one random edge of ``base`` (kept -> removed or removed -> kept)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(base), generator=g)[:n]
+    out = base.repeat(n, 1)
+    out[torch.arange(n), idx] = 1 - out[torch.arange(n), idx]
+    return out
+
+
+@pytest.mark.parametrize("family", ADDITIVE)
+def test_rebased_sparse_equals_general_patched_forward(family):
+    """Rebased on a circuit, the sparse forward still equals the general one for masks near that circuit,
+    far from it, all kept and none kept, and rebasing a rebased base changes nothing either."""
+    tm = TracedModel(tiny_model(family))
+    lay = tm.layout
+    clean, corr, mask = random_batch(B=3, P=9)
+    at = torch.tensor([8, 8, 8])
+    base, reference = recorded(tm, clean, corr, mask, at)
+    g = torch.Generator().manual_seed(5)
+    circuit = (torch.rand(lay.n_edges, generator=g) < 0.3).float()
+    second = circuit * (torch.rand(lay.n_edges, generator=g) < 0.8).float()
+    for rebased, centre in ((base.rebase(tm.blocks, lay, circuit), circuit),
+                            (base.rebase(tm.blocks, lay, circuit).rebase(tm.blocks, lay, second), second)):
+        keep = torch.cat([centre[None], near(centre, 12, 1), all_masks(tm)])
+        stats = SparseStats()
+        sparse = sparse_logits(tm.blocks, lay, rebased, keep, stats)
+        with torch.no_grad():
+            general = tm.run(clean, mask, patch=Patch(keep, reference), logit_positions=at).logits
+        assert (sparse - general).abs().max() <= TOL
+        assert (rebased.base_logits - general[:3]).abs().max() <= TOL  # the base run is the circuit's
+        # single flips compute less than the same masks relative to the clean run
+        light = SparseStats()
+        sparse_logits(tm.blocks, lay, rebased, near(centre, 12, 1), light)
+        heavy = SparseStats()
+        sparse_logits(tm.blocks, lay, base, near(centre, 12, 1), heavy)
+        assert light.heads + light.mlps < heavy.heads + heavy.mlps
