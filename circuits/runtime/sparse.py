@@ -307,7 +307,7 @@ class _Run:
         """
         flat = base.reshape(1, -1)
         D, Z = delta.flatten(1), store.flatten(1)
-        out = flat.expand(len(ks), -1).clone()  # [M, numel]
+        out = flat.new_empty(len(ks), flat.shape[1])  # [M, numel]: written once per row below
         masks, counts = torch.unique_consecutive(ks, return_counts=True)
         a = 0
         for k, c in zip(masks.tolist(), counts.tolist()):  # masks, not edges
@@ -317,11 +317,12 @@ class _Run:
             state = self.plan.senders[k, :n]
             A = coef * (state == BASE)
             cols = A.any(0).nonzero().flatten()
-            if 2 * len(cols) < n:  # few BASE senders read: gather them
-                if len(cols):
-                    o.addmm_(A[:, cols], D[cols])
+            if 2 * len(cols) >= n:
+                torch.addmm(flat, A, D[:n], out=o)
+            elif len(cols):  # few BASE senders read: gather them
+                torch.addmm(flat, A[:, cols], D[cols], out=o)
             else:
-                o.addmm_(A, D[:n])
+                o.copy_(flat.expand(c, -1))
             chg = self.changed[k, :n].nonzero().flatten()  # their deltas: this mask's first store rows
             if len(chg):
                 o.addmm_(coef[:, chg], Z[self.offset[k]:self.offset[k] + len(chg)])
