@@ -76,11 +76,13 @@ def supports_sparse(adapter: Adapter) -> bool:
 class StatePlan:
     """Per-mask node states: ``senders`` ``[K, S]`` and ``receivers`` ``[K, R]`` int8 :class:`NodeState`;
     ``live`` ``[K, S]`` bool: CHANGED senders whose output some computed receiver reads through a kept
-    edge (the others change nothing the logits see, so they are not computed)."""
+    edge (the others change nothing the logits see, so they are not computed); ``full``: the live ones
+    read at every position (the others are computed at the answer positions only)."""
 
     senders: torch.Tensor
     receivers: torch.Tensor
     live: torch.Tensor
+    full: torch.Tensor  # [K, S] bool: live senders needed at every position (the rest: answer positions only)
 
     @property
     def logits(self) -> torch.Tensor:
@@ -152,38 +154,51 @@ def plan_states(layout: GraphLayout, keep: torch.Tensor, around: BaseMask | None
                 send[:, a:b][(send[:, a:b] == BASE) & corr_s[a:b]] = CORRUPTED
     r = layout.logits_receiver
     read(r, r + 1, layout.n_senders)
-    live = send == CHANGED if compute_all else live_senders(layout, kd, send, recv)
-    return StatePlan(send, recv, live)
+    if compute_all:
+        live = send == CHANGED
+        return StatePlan(send, recv, live, live)
+    return StatePlan(send, recv, *live_senders(layout, kd, send, recv))
 
 
-def live_senders(layout: GraphLayout, kd: torch.Tensor, send: torch.Tensor, recv: torch.Tensor) -> torch.Tensor:
-    """``[K, S]`` bool: CHANGED senders read through a kept edge by a computed receiver (a CHANGED
-    receiver of the CHANGED logits or of a live node), found in reverse topological order."""
+def live_senders(layout: GraphLayout, kd: torch.Tensor, send: torch.Tensor, recv: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(live, full)`` ``[K, S]`` bool, found in reverse topological order. ``live``: CHANGED senders read
+    through a kept edge by a computed receiver (a CHANGED receiver of the CHANGED logits or of a live
+    node); ``full``: live senders read at every position (by a computed k or v receiver, or by a receiver
+    of a full node); the other live senders are needed at the answer positions only."""
     need = torch.zeros_like(recv, dtype=torch.bool)  # [K, R] receivers whose input is computed
     need[:, -1] = recv[:, -1] == CHANGED
+    need_all = torch.zeros_like(need)  # ... at every position
     live = torch.zeros_like(send, dtype=torch.bool)
+    full = torch.zeros_like(live)
     changed_recv = recv == CHANGED
 
-    def mark(s0: int, s1: int) -> torch.Tensor:
-        read = (kd[:, s0:s1] & need[:, None]).any(-1)  # [K, s1-s0]
-        live[:, s0:s1] = read & (send[:, s0:s1] == CHANGED)
-        return live[:, s0:s1]
+    def mark(s0: int, s1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        kept = kd[:, s0:s1]
+        live[:, s0:s1] = (kept & need[:, None]).any(-1) & (send[:, s0:s1] == CHANGED)
+        full[:, s0:s1] = (kept & need_all[:, None]).any(-1) & live[:, s0:s1]
+        return live[:, s0:s1], full[:, s0:s1]
 
     for layer in reversed(range(layout.n_layers)):  # the MLP first: a sequential MLP reads its layer's heads
         r = layout.mlp_receiver(layer)
         s = layout.mlp_sender(layer)
-        need[:, r] = mark(s, s + 1)[:, 0] & changed_recv[:, r]
+        lv, fl = mark(s, s + 1)
+        need[:, r] = lv[:, 0] & changed_recv[:, r]
+        need_all[:, r] = fl[:, 0] & changed_recv[:, r]
         r0, r1 = layout.attn_receivers(layer)
-        heads = mark(*layout.head_senders(layer))  # [K, H]
-        need[:, r0:r1] = heads.repeat_interleave(3, 1) & changed_recv[:, r0:r1]
-    return live
+        lv, fl = mark(*layout.head_senders(layer))  # [K, H]
+        need[:, r0:r1] = lv.repeat_interleave(3, 1) & changed_recv[:, r0:r1]
+        kv = torch.tensor([False, True, True], device=lv.device).repeat(layout.n_heads)  # keys, values: every position
+        need_all[:, r0:r1] = need[:, r0:r1] & (kv | fl.repeat_interleave(3, 1))
+    return live, full
 
 
 @dataclass
 class SparseStats:
     """Counters of the sparse path (a regression to "compute everything" shows here).
 
-    ``masks``: masks evaluated; ``heads`` / ``mlps`` / ``logits``: (mask, node) pairs computed;
+    ``masks``: masks evaluated; ``heads`` / ``mlps`` / ``logits``: (mask, node) pairs computed (``at_answer``
+    of the heads and MLPs at the answer positions only);
     ``total_heads`` / ``total_mlps``: what a dense masked forward of the same masks computes.
     """
 
@@ -191,6 +206,7 @@ class SparseStats:
     heads: int = 0
     mlps: int = 0
     logits: int = 0
+    at_answer: int = 0  # of the heads and MLPs, those computed at the answer positions only
     total_heads: int = 0
     total_mlps: int = 0
 
@@ -288,6 +304,10 @@ class _Run:
         self.offset = (torch.cumsum(counts, 0) - counts).tolist()  # first store row of each mask
         # the CHANGED senders' deltas, mask-major: at most K x S rows, like the general path's buffer
         self.store = base.delta.new_empty(len(pairs), B, P, d)
+        self.full = plan.full
+        # rows computed at the answer positions only: zero elsewhere, so that a zero coefficient times
+        # them stays zero in the every-position matmuls (they are never read there)
+        self.store[self.row[plan.live & ~plan.full]] = 0.0
 
     def forward(self, blocks: list[Block], stats: SparseStats) -> torch.Tensor:
         """Every layer's CHANGED heads and MLP, then the answer-position logits ``[K * B, 1, V]``."""
@@ -329,56 +349,96 @@ class _Run:
         return out.view(len(ks), *base.shape)
 
     def heads(self, block: Block, stats: SparseStats) -> None:
-        """Compute layer ``block.layer``'s CHANGED (mask, head) pairs and store their deltas."""
-        lay, b, a, layer = self.layout, self.base, block.adapter, block.layer
+        """Compute layer ``block.layer``'s CHANGED (mask, head) pairs and store their deltas: the pairs whose
+        output is read at every position, then those read at the answer positions only."""
+        lay, b, layer = self.layout, self.base, block.layer
         s0, _ = lay.head_senders(layer)
         r0, r1 = lay.attn_receivers(layer)
-        pairs = self.changed[:, s0:s0 + lay.n_heads].nonzero()  # [Nc, 2]: (mask, head)
-        K, H = self.changed.shape[0], lay.n_heads
-        based, corr = b.qkv[layer]
+        H = lay.n_heads
         if self.captured is not None:  # the mask's q, k, v of every head, the computed ones filled in below
+            based, corr = b.qkv[layer]
             rs = self.plan.receivers[0, r0:r1].view(H, 3)
             self.captured.append(([torch.where((rs[:, c] == CORRUPTED)[None, :, None, None], corr[c], based[c])
                                    for c in range(3)], corr))
-        if not len(pairs):
-            return
-        pk, ph = pairs[:, 0], pairs[:, 1]
+        for at_only in (False, True):
+            pairs = (self.changed[:, s0:s0 + H] & (self.full[:, s0:s0 + H] != at_only)).nonzero()  # (mask, head)
+            if len(pairs):
+                self.head_group(block, pairs[:, 0], pairs[:, 1], at_only)
+                stats.heads += len(pairs)
+                stats.at_answer += len(pairs) if at_only else 0
+
+    def head_group(self, block: Block, pk: torch.Tensor, ph: torch.Tensor, at_only: bool) -> None:
+        """Heads ``ph[i]`` under masks ``pk[i]`` (mask-major): their CHANGED q/k/v receivers projected from
+        assembled inputs, the others from the recorded runs; attention, ``W_O``, deltas stored. With
+        ``at_only`` the queries and outputs are computed at the answer positions only (keys and values
+        at every position)."""
+        lay, b, a, layer = self.layout, self.base, block.adapter, block.layer
+        s0, _ = lay.head_senders(layer)
+        r0, r1 = lay.attn_receivers(layer)
+        K, H, B = self.changed.shape[0], lay.n_heads, len(b.at)
+        rows = torch.arange(B, device=b.at.device)
         rstate = self.plan.receivers[:, r0:r1].view(K, H, 3)[pk, ph]  # [Nc, 3]
+        based, corr = b.qkv[layer]
         qkv = [torch.where((rstate[:, c] == CORRUPTED)[None, :, None, None], corr[c][:, ph], based[c][:, ph])
                for c in range(3)]  # [B, Nc, P, dh] each
-        live = self.changed[:, s0:s0 + H].repeat_interleave(3, 1)  # [K, 3H]
-        recv = ((self.plan.receivers[:, r0:r1] == CHANGED) & live).nonzero()  # [M, 2]: (mask, local receiver)
-        x = self.inputs(recv[:, 0], r0 + recv[:, 1], lay.senders_before_attn(layer), b.resid_corr[layer],
-                        b.delta, self.store)  # [M, B, P, d]
-        head, slot = lay.qkv_slot(recv[:, 1])
-        y = a.project_heads(layer, block.attn_norm(x), head, slot).transpose(0, 1)  # [B, M, P, dh]
-        if b.rot is not None:  # queries and keys are rotated, values are not
-            y = torch.where((slot == 2)[None, :, None, None], y, a.rotate(y, *b.rot))
-        pid = torch.full((K, H), -1, dtype=torch.long, device=pk.device)
-        pid[pk, ph] = torch.arange(len(pairs), device=pk.device)
-        target = pid[recv[:, 0], head]
-        for c in range(3):
-            sel = slot == c
-            qkv[c][:, target[sel]] = y[:, sel]
-            if self.captured is not None:
+        if at_only:
+            qkv[0] = qkv[0][rows, :, b.at][:, :, None]  # [B, Nc, 1, dh]
+        n = lay.senders_before_attn(layer)
+        changed = rstate == CHANGED  # [Nc, 3]
+        slots = ((0,), (1, 2)) if at_only else ((0, 1, 2),)
+        for group in slots:  # receivers read at the same positions: one assembly, one projection
+            at_q = at_only and group == (0,)
+            i, c = (changed & torch.isin(torch.arange(3, device=pk.device), torch.tensor(group, device=pk.device))).nonzero().unbind(1)
+            if not len(i):
+                continue
+            if at_q:
+                x = self.inputs(pk[i], r0 + 3 * ph[i] + c, n, b.resid_corr[layer][rows, b.at], b.delta_at,
+                                self.store[:, rows, b.at])[:, :, None]  # [M, B, 1, d]
+            else:
+                x = self.inputs(pk[i], r0 + 3 * ph[i] + c, n, b.resid_corr[layer], b.delta, self.store)  # [M, B, P, d]
+            y = a.project_heads(layer, block.attn_norm(x), ph[i], c).transpose(0, 1)  # [B, M, P or 1, dh]
+            if b.rot is not None:  # queries and keys are rotated, values are not
+                rot = [Block.rows_at(t, b.at) for t in b.rot] if at_q else b.rot
+                y = torch.where((c == 2)[None, :, None, None], y, a.rotate(y, *rot))
+            for slot in group:
+                sel = c == slot
+                qkv[slot][:, i[sel]] = y[:, sel]
+        if self.captured is not None:
+            for c in range(3):
                 self.captured[-1][0][c][:, ph] = qkv[c]
-        ctx = a.attend(layer, *qkv, b.mask)  # [B, Nc, P, dh]
-        out = torch.einsum("bnpe,ned->nbpd", ctx, a.attn_weights(layer).W_O[ph])
-        self.store[self.row[pk, s0 + ph]] = out - b.z_corr[s0 + ph]
-        stats.heads += len(pairs)
+        W_O = a.attn_weights(layer).W_O[ph]
+        store_rows = self.row[pk, s0 + ph]
+        if at_only:
+            mask = b.mask[rows, :, b.at][:, :, None]  # [B, 1, 1, P]
+            ctx = a.attend(layer, *qkv, mask, q_pos=b.at[:, None])  # [B, Nc, 1, dh]
+            out = torch.einsum("bne,ned->nbd", ctx[:, :, 0], W_O)
+            self.store[store_rows[:, None], rows, b.at] = out - b.z_corr[s0 + ph][:, rows, b.at]
+        else:
+            ctx = a.attend(layer, *qkv, b.mask)  # [B, Nc, P, dh]
+            self.store[store_rows] = torch.einsum("bnpe,ned->nbpd", ctx, W_O) - b.z_corr[s0 + ph]
 
     def mlp(self, block: Block, stats: SparseStats) -> None:
-        """Compute layer ``block.layer``'s CHANGED MLPs (one per mask that changes it) and store their deltas."""
+        """Compute layer ``block.layer``'s CHANGED MLPs (one per mask that changes it) and store their deltas:
+        at every position where some computed receiver reads it there, else at the answer positions."""
         lay, b, layer = self.layout, self.base, block.layer
         s = lay.mlp_sender(layer)
-        ks = self.changed[:, s].nonzero().flatten()
-        if not len(ks):
-            return
         base = b.resid_corr[layer] if lay.parallel_attn_mlp else b.resid_corr[layer + 1] - b.z_corr[s]
-        r = torch.full_like(ks, lay.mlp_receiver(layer))
-        x = self.inputs(ks, r, lay.senders_before_mlp(layer), base, b.delta, self.store)  # [m, B, P, d]
-        self.store[self.row[ks, s]] = block.mlp(x) - b.z_corr[s]
-        stats.mlps += len(ks)
+        rows = torch.arange(len(b.at), device=b.at.device)
+        n = lay.senders_before_mlp(layer)
+        for at_only in (False, True):
+            ks = (self.changed[:, s] & (self.full[:, s] != at_only)).nonzero().flatten()
+            if not len(ks):
+                continue
+            r = torch.full_like(ks, lay.mlp_receiver(layer))
+            if at_only:
+                x = self.inputs(ks, r, n, base[rows, b.at], b.delta_at, self.store[:, rows, b.at])  # [m, B, d]
+                out = block.mlp(x[:, :, None])[:, :, 0] - b.z_corr[s][rows, b.at]
+                self.store[self.row[ks, s][:, None], rows, b.at] = out
+            else:
+                x = self.inputs(ks, r, n, base, b.delta, self.store)  # [m, B, P, d]
+                self.store[self.row[ks, s]] = block.mlp(x) - b.z_corr[s]
+            stats.mlps += len(ks)
+            stats.at_answer += len(ks) if at_only else 0
 
     def logits(self, adapter: Adapter, stats: SparseStats) -> torch.Tensor:
         """Answer-position logits ``[K * B, 1, V]``: recorded for BASE / CORRUPTED masks, else computed."""

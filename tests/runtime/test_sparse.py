@@ -59,6 +59,7 @@ def test_sparse_equals_general_patched_forward(family):
     # the masks do change the output: an error in what the sparse path recomputes would show
     assert (general.view(len(keep), 3, -1) - base.base_logits.view(1, 3, -1)).abs().amax((1, 2)).max() > 1e-3
     assert 0 < stats.heads < stats.total_heads
+    assert 0 < stats.at_answer < stats.heads + stats.mlps  # some nodes are read at the answer positions only
 
 
 def test_states_of_simple_masks():
@@ -97,6 +98,7 @@ def test_sparse_computes_only_what_the_circuit_touches():
     out = sparse_logits(tm.blocks, lay, base, keep, stats)
     assert plan_states(lay, keep).changed_nodes().tolist() == [3, 1]  # a0.h1, m1, logits; m0
     assert (stats.heads, stats.mlps, stats.logits) == (1, 1, 1)  # m0 is not read: not computed
+    assert stats.at_answer == 2  # a0.h1 (its value input at every position) and m1 only feed the logits
     with torch.no_grad():
         general = tm.run(clean, mask, patch=Patch(keep, reference), logit_positions=at).logits
     assert (out - general).abs().max() <= TOL
