@@ -7,15 +7,19 @@ Every edge ``e`` gets a gate ``z_e ∈ [0, 1]`` drawn from a *hard-concrete* dis
 
 The gates are the keep-mask of the traced forward (:class:`~circuits.runtime.Patch`, removed
 edges read the corrupted run), so ``z`` is differentiable and the loss reaches ``log α``. The
-loss is the faithfulness loss (by default ``KL(full ‖ circuit)`` at the answer positions, the
-clean run's logits as reference) plus a Lagrangian sparsity term::
+loss is the faithfulness loss, the per-example distance ``mean_i |m_i(circuit) - m_i(full)|``
+of the metric to the full model's value (for ``kl_div``, whose full-model value is 0, this is
+``KL(full ‖ circuit)``), plus a one-sided Lagrangian sparsity term::
 
-    λ1 (E[L0] - t) / E + λ2 ((E[L0] - t) / E)^2,   E[L0] = Σ_e P(z_e > 0) = Σ_e sigmoid(log α_e - β log(-l / r))
+    d = max(0, (E[L0] - t) / E),  λ1 d + λ2 d^2,   E[L0] = Σ_e P(z_e > 0) = Σ_e sigmoid(log α_e - β log(-l / r))
 
 where the target edge count ``t`` anneals linearly from ``E`` (every edge) to ``target_edges``
-over the first half of the steps. The deviation is measured as a fraction of the ``E`` edges
-(as in Edge Pruning / CoFi) so that the λ's scale does not depend on the graph size. ``log α``
-is trained by gradient descent (Adam), ``λ1, λ2`` by gradient ascent (Adam, ``maximize``).
+over the first ``ANNEAL_SHARE`` (80 %) of the steps. The deviation is measured as a fraction of
+the ``E`` edges (as in Edge Pruning / CoFi) so that the λ's scale does not depend on the graph
+size. ``log α`` is trained by gradient descent (Adam), ``λ1, λ2 >= 0`` by gradient ascent
+(Adam, ``maximize``, clamped at 0). The constraint is one-sided (``E[L0] <= t``): a two-sided
+term drives λ1 negative whenever the count undershoots, which reopens many gates at once and
+scrambles the order in which edges are pruned, and that order is what the final logits rank.
 
 Only the mask logits and the λ's get gradients (``torch.autograd.grad``); the model's
 parameters are frozen during the run (``requires_grad`` restored afterwards). The only Python
@@ -34,16 +38,19 @@ import torch
 from torch import nn
 
 from ..graph import Graph, Scoring, Selection
-from ..metrics import check_metric_output, get_metric, is_higher_better, metric_name
+from ..metrics import check_metric_output, get_metric, metric_name
 from ..models import graph_for
 from ..parallel import all_reduce_mean_, is_main
 from ..patching import PatchRunner, PreparedBatch
 from ..runtime import Patch, TracedModel, as_traced
 from ..tasks import Batch, Task
 
-__all__ = ["edge_pruning", "expected_l0", "hard_concrete_mean", "hard_concrete_sample"]
+__all__ = ["ANNEAL_SHARE", "edge_pruning", "expected_l0", "hard_concrete_mean", "hard_concrete_sample"]
 
 _EPS = 1e-6
+ANNEAL_SHARE = 0.8
+"""Share of the steps over which the edge budget anneals from every edge to ``target_edges``
+(Edge Pruning anneals over 2,500 of 3,000 steps)."""
 
 
 # ============================================================================================== hard concrete
@@ -77,7 +84,7 @@ def edge_pruning(
     target_edges: int,
     steps: int = 200,
     lr: float = 0.1,
-    lambda_lr: float = 3.0,
+    lambda_lr: float = 1.0,
     seed: int = 0,
     batch_size: int = 16,
     init: float = 3.0,
@@ -91,20 +98,23 @@ def edge_pruning(
     Args:
         model: a `transformers` causal LM or a :class:`~circuits.runtime.TracedModel`.
         data: a Task (batched with ``batch_size``) or batches; step ``i`` uses batch ``i mod n_batches``.
-        metric: the faithfulness loss. Default (None or ``"kl_div"``): ``KL(full ‖ circuit)`` at the
-            answer positions. Another metric ``m`` gives the loss ``-m`` (higher is better) or ``m``.
+        metric: the metric ``m`` whose per-example distance to the full model's value,
+            ``mean_i |m_i(circuit) - m_i(full)|``, is the faithfulness loss. Default (None): the
+            task's own metric (the one faithfulness is measured with), or ``"kl_div"`` for plain
+            batches; ``"kl_div"`` gives ``KL(full ‖ circuit)`` at the answer positions (the
+            published Edge Pruning loss). The metric must be differentiable.
         target_edges: the expected number of open gates to reach, ``0 <= target_edges <= E``.
         steps: optimisation steps (one gate sample and one batch per step).
         lr: Adam learning rate of the mask logits.
         lambda_lr: Adam learning rate (gradient ascent) of the Lagrange multipliers (they must grow to
-            O(10-100) before the sparsity term dominates, so this is much larger than ``lr``).
+            O(10-100) before the sparsity term dominates, so this is larger than ``lr``).
         seed: seeds the gate noise (a CPU ``torch.Generator``); same seed, same result.
         init: initial ``log α`` of every edge (3.0: every gate open with probability ≈ 0.99).
         temperature: the hard-concrete temperature ``β``.
         stretch: ``(l, r)`` with ``l < 0`` and ``r > 1`` (gates reach exactly 0 and 1).
         progress: show a tqdm bar with the loss and the expected edge count.
-        early_stop: stop once, in the second half, the expected edge count is within 1% of
-            ``target_edges`` (at least half an edge) and the faithfulness loss has plateaued
+        early_stop: stop once, after the annealing, the expected edge count is at most 1% (at
+            least half an edge) above ``target_edges`` and the faithfulness loss has plateaued
             (mean of the last 10 steps within 1% (+1e-4) of the 10 before, or within two standard
             errors of it: the change is below the gate-sampling noise).
 
@@ -125,21 +135,22 @@ def edge_pruning(
     lo, hi = float(stretch[0]), float(stretch[1])
     stretch = (lo, hi)
     if metric is None:
-        metric = "kl_div"
+        metric = data.metric if isinstance(data, Task) else "kl_div"
     metric_fn = get_metric(metric)
-    higher = is_higher_better(metric_fn)
     dev = tm.device
     t0 = time.perf_counter()
     # the clean and corrupted runs every step patches between (the masked-evaluation loop's preparation)
     runner = PatchRunner(tm, data, metric, batch_size=batch_size)  # in a process group: this rank's shard
     prepared, n_examples = runner.prepared, runner.n_examples
+    with torch.no_grad():  # [B] per batch: the metric of the full model (every edge kept = the clean run)
+        full = [metric_fn(p.clean_logits, p.batch.at_answer(), p.clean_logits).float() for p in prepared]
 
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     log_alpha = torch.full((E,), float(init), dtype=torch.float32, device=dev, requires_grad=True)
     lambdas = torch.zeros(2, dtype=torch.float32, device=dev, requires_grad=True)
     opt = torch.optim.Adam([log_alpha], lr=lr)
     opt_lambda = torch.optim.Adam([lambdas], lr=lambda_lr, maximize=True)
-    half = max(1, steps // 2)
+    anneal = max(1, round(ANNEAL_SHARE * steps))
     tol = max(0.01 * target_edges, 0.5)
     history: list[float] = []
     trace: list[tuple[int, float, float]] = []  # (step, expected edges, faithfulness loss)
@@ -152,16 +163,17 @@ def edge_pruning(
     steps_run = 0
     with _frozen(tm.model), torch.enable_grad():
         for step in it:
-            target_t = E - (E - target_edges) * min(1.0, step / half)
+            target_t = E - (E - target_edges) * min(1.0, step / anneal)
             u = torch.rand(E, generator=gen).to(dev)
-            task_loss, l0 = _step(tm, prepared[step % len(prepared)], log_alpha, lambdas, u, target_t,
-                                  (metric_fn, higher), (temperature, stretch), (opt, opt_lambda))
+            i = step % len(prepared)
+            task_loss, l0 = _step(tm, prepared[i], log_alpha, lambdas, u, target_t,
+                                  (metric_fn, full[i]), (temperature, stretch), (opt, opt_lambda))
             steps_run = step + 1
             history.append(float(task_loss.detach()))
             trace.append((step, float(l0.detach()), history[-1]))
             if bar is not None:
                 bar.set_postfix(loss=f"{history[-1]:.4g}", edges=f"{trace[-1][1]:.1f}", target=f"{target_t:.0f}")
-            if early_stop and step >= half and abs(trace[-1][1] - target_edges) <= tol and _plateau(history):
+            if early_stop and step >= anneal and trace[-1][1] - target_edges <= tol and _plateau(history):
                 break
     if bar is not None:
         bar.close()
@@ -191,18 +203,23 @@ def _frozen(model: nn.Module) -> Iterator[None]:
 
 
 def _step(tm: TracedModel, prepared: PreparedBatch, log_alpha: torch.Tensor,
-          lambdas: torch.Tensor, u: torch.Tensor, target_t: float, metric: tuple[Callable, bool],
+          lambdas: torch.Tensor, u: torch.Tensor, target_t: float, metric: tuple[Callable, torch.Tensor],
           gate: tuple[float, tuple[float, float]], optimisers: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step on one batch: sample gates, patched forward, loss, update; returns (task loss, E[L0])."""
-    (metric_fn, higher), (temperature, stretch), (opt, opt_lambda) = metric, gate, optimisers
+    """One optimisation step on one batch: sample gates, patched forward, loss, update; returns (task loss, E[L0]).
+
+    ``metric`` is the metric and its full-model values ``[B]`` on this batch."""
+    (metric_fn, full), (temperature, stretch), (opt, opt_lambda) = metric, gate, optimisers
     E = log_alpha.numel()
     gates = hard_concrete_sample(log_alpha, u, temperature, stretch)
     batch, reference, clean_logits = prepared.batch, prepared.reference, prepared.clean_logits
     out = tm.run(batch.clean, batch.attention_mask, patch=Patch(gates[None], reference), logit_positions=batch.answer_pos)
     values = check_metric_output(metric_fn(out.logits, batch.at_answer(), clean_logits), len(batch))
-    task_loss = -values.mean() if higher else values.mean()
+    if not values.requires_grad:
+        raise ValueError("the metric's output has no gradient: edge pruning needs a differentiable metric of the "
+                         "logits (accuracy and top1 are not; use logit_diff, prob_diff, kl_div or answer_logprob)")
+    task_loss = (values.float() - full).abs().mean()  # for kl_div: full = 0, values >= 0: the mean KL
     l0 = expected_l0(log_alpha, temperature, stretch)
-    dev_frac = (l0 - target_t) / E
+    dev_frac = torch.relu((l0 - target_t) / E)  # one-sided: only a count above the budget costs
     loss = task_loss + lambdas[0] * dev_frac + lambdas[1] * dev_frac * dev_frac
     g_alpha, g_lambda = torch.autograd.grad(loss, [log_alpha, lambdas])
     task_loss = task_loss.detach().clone()
@@ -212,6 +229,8 @@ def _step(tm: TracedModel, prepared: PreparedBatch, log_alpha: torch.Tensor,
     log_alpha.grad, lambdas.grad = g_alpha, g_lambda
     opt.step()
     opt_lambda.step()
+    with torch.no_grad():
+        lambdas.clamp_(min=0.0)  # multipliers of an inequality constraint
     return task_loss, l0
 
 
