@@ -522,6 +522,8 @@ def test_bugs_still_raise(monkeypatch):
     (["--faithfulness", "0.9", "--edges", "10"], ["--faithfulness", "--edges"]),
     (["--faithfulness", "0.9", "--method", "acdc"], ["--faithfulness", "acdc"]),
     (["--faithfulness", "0.9", "--prune", "greedy"], ["--prune"]),
+    (["--metric", "accuracy", "--method", "eap"], ["--metric accuracy", "--method exact"]),
+    (["--metric", "top1", "--method", "edge-pruning"], ["--metric top1", "logit_diff"]),
 ])
 def test_faithfulness_target_mistakes(argv, needles, tmp_path, capsys):
     out = tmp_path / "out"

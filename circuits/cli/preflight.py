@@ -17,6 +17,8 @@ from typing import Any
 from .errors import UsageError, one_line
 from .parser import DEFAULTS, IG_METHODS, LOADABLE, MAX_TARGET, SUFFIX_ALIASES
 
+NOT_DIFFERENTIABLE = ("accuracy", "top1")  # metrics whose value has no gradient in the logits
+
 
 # ---------------------------------------------------------------------- options
 def resolve_discover(args: argparse.Namespace) -> None:
@@ -37,6 +39,9 @@ def resolve_discover(args: argparse.Namespace) -> None:
     if "--steps" in given and m not in (*IG_METHODS, "edge-pruning"):
         raise UsageError(f"--steps only applies to the integrated-gradients methods ({', '.join(IG_METHODS)}) and "
                          f"edge-pruning; --method {m} takes no steps")
+    if args.metric in NOT_DIFFERENTIABLE and m not in ("exact", "acdc"):
+        raise UsageError(f"--metric {args.metric} has no gradient, and --method {m} follows the metric's gradient; "
+                         "use --metric logit_diff, prob_diff, kl_div or answer_logprob, or --method exact or acdc")
     if "--refine" in given and "--faithfulness" not in given:
         raise UsageError("--refine needs --faithfulness F (refinement removes edges while f stays >= F)")
     if "--faithfulness" in given:
