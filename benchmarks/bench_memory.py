@@ -4,12 +4,14 @@
     python benchmarks/bench_memory.py --quick            # a 12-layer, 256-wide GPT-2 shape
     python benchmarks/bench_memory.py --shapes gpt2-small --methods exact --batch 8 --tokens 64
 
-How it measures: each (shape, method) runs in a fresh Python process with glibc's mmap threshold
-fixed (``MALLOC_MMAP_THRESHOLD_``, so large freed blocks go back to the system at once). The worker
-builds the model and the data, runs a tiny warm-up forward (thread pools, kernels), then resets the
-kernel's peak-RSS mark (``/proc/self/clear_refs`` = 5, Linux) and reads the current RSS; after the
-method it reads the peak (``VmHWM``). ``measured`` = peak - RSS before, i.e. what the method itself
-added (the parameters are already resident, so they are left out of the estimate too). Linux only.
+How it measures: one fresh Python process with glibc's mmap threshold fixed (``MALLOC_MMAP_THRESHOLD_``,
+so large freed blocks go back to the system at once) builds each shape's model (random weights, seed 0)
+and runs a tiny warm-up (thread pools, kernels, lazy initialisation) on one thread; each (shape, method)
+then runs in its own forked child, which makes the data (random tokens, seed 0; a curve first gets EAP
+scores, as a real run has), resets the kernel's peak-RSS mark (``/proc/self/clear_refs`` = 5) and reads
+the current RSS; after the method it reads the peak (``VmHWM``). ``measured`` = peak - RSS before, i.e.
+what the method itself added (the parameters are already resident, so they are left out of the
+estimate too). Linux only. tests/test_planning_measured.py runs the same comparison on small shapes.
 """
 
 from __future__ import annotations
@@ -142,19 +144,8 @@ def measure_many(jobs: list[list]) -> list[dict]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(shape: str, method: str, batch: int, tokens: int, examples: int, max_rows: int = 512,
-            dtype: str = "float32") -> dict:
-    """:func:`worker` in a fresh process (fixed mmap threshold), its result."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    args = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(
-        [shape, method, batch, tokens, examples, max_rows, dtype])]
-    out = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--jobs", help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true", help="the 12-layer, 256-wide GPT-2 shape only")
     p.add_argument("--shapes", nargs="+", default=["gpt2-small", "qwen2.5-0.5b"], choices=list(SHAPES))
@@ -165,9 +156,6 @@ def main() -> None:
     p.add_argument("--max-rows", type=int, default=512)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     a = p.parse_args()
-    if a.worker:
-        print(json.dumps(worker(*json.loads(a.worker))))
-        return
     if a.jobs:
         results, models = [], {}
         for job in json.loads(a.jobs):
@@ -182,8 +170,8 @@ def main() -> None:
     print("| shape | method | B x P (N) | estimate (MiB) | measured (MiB) | estimate / measured |")
     print("|---|---|---|---|---|---|")
     for shape in shapes:
-        for method in a.methods:
-            r = measure(shape, method, a.batch, a.tokens, a.examples, a.max_rows, a.dtype)
+        jobs = [[shape, method, a.batch, a.tokens, a.examples, a.max_rows, a.dtype] for method in a.methods]
+        for r, method in zip(measure_many(jobs), a.methods):
             print(f"| {shape} | {method} | {a.batch} x {a.tokens} ({a.examples}) | {r['estimate'] / 2**20:.0f} | "
                   f"{r['measured'] / 2**20:.0f} | {r['estimate'] / max(r['measured'], 1):.2f} |", flush=True)
 

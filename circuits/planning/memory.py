@@ -11,10 +11,17 @@ model's dtype. What each path holds at its peak:
   forward the clean-minus-corrupted sender outputs (``[S, N, P, d]`` again), the corrupted residuals
   ``[L+1, N, P, d]`` and both runs' q/k/v ``[6L, N, H, P, dh]``; the batch size does not shrink it,
   only fewer examples or tokens do.
-* **masked forward** of ``K = max_rows // B`` masks (``K B`` rows): the delta buffer ``[K, S, B*P*d]``
-  (``RunState.buffer``) plus every sender's output kept by the run (``RunState.groups``, same size),
-  plus one layer's temporaries: at worst every q/k/v receiver its own input ``[3H, K*B, P, d]``
-  twice (correction and input, then the normalised input).
+* **masked forward**, the path :class:`~circuits.patching.PatchRunner` takes. The masks per forward
+  are ``K = min(max_rows // B, masks)``: a curve's circuits strictly between the empty and the full
+  graph (9 of the 10 MIB fractions), ACDC's candidate removals (at most S). *Sparse* (binary masks,
+  ``patching`` ablation, a family with ``additive_residual``: :mod:`circuits.runtime.sparse`): the masks'
+  dense keep weights ``[K, S, R]``, a store of the CHANGED heads' and MLPs' deltas ``[N, B, P, d]``
+  (a mask of ``n`` edges counted as changing ``S' (1 - exp(-n / 3S'))`` of the ``S' = S - 1`` nodes, an
+  average fitted to EAP-ranked curves, not a bound), and one layer's CHANGED q/k/v inputs. *Dense*
+  (``PatchRunner(sparse=False)``, mean/zero ablation, other families): the delta buffer
+  ``[K, S, B*P*d]`` (``RunState.buffer``) plus every sender's output kept by the run
+  (``RunState.groups``, same size), plus one layer's temporaries: at worst every q/k/v receiver its
+  own input ``[3H, K*B, P, d]`` twice (correction and input, then the normalised input).
 * **attribution** (EAP family): the clean and corrupted recordings ``[S, B, P, d]`` (2x), their
   difference in float32, and a forward whose saved activations stay until the backward
   (per layer about four residual-sized tensors, q/k/v/context, and the MLP's hidden layers);
@@ -22,8 +29,9 @@ model's dtype. What each path holds at its peak:
 * **exact effects**: the prepared runs, one recorded clean run (senders and residuals) and
   ``K`` edges at a time resumed as a plain forward of ``K B`` rows.
 
-The estimates are upper bounds of what the code keeps alive (they assume the dense q/k/v path
-of a masked forward); ``benchmarks/bench_memory.py`` compares them with measured peaks.
+Attribution and the dense path are upper bounds of what the code keeps alive; the sparse path's
+store depends on the circuits (an average). tests/test_planning_measured.py and
+``benchmarks/bench_memory.py`` compare the estimates with measured peaks.
 """
 
 from __future__ import annotations
