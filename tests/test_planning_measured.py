@@ -3,7 +3,8 @@
 Each (shape, method) runs in its own forked child of one fresh process (benchmarks/bench_memory.py:
 ``measure_many``; glibc's mmap threshold fixed, a warm-up forward, then the peak resident memory above
 the loaded model, ``VmHWM`` reset by ``/proc/self/clear_refs``). The shapes are small (a 6-layer GPT-2,
-a 4-layer GQA Llama) but their peaks are a few hundred MiB, far above the allocator's noise. Linux only.
+a 4-layer GQA Llama) but their peaks are 100-300 MiB, far above the allocator's noise (smaller shapes
+let the runtime's fixed few MiB show). Linux only.
 The same comparison with the largest non-parameter term of each estimate dropped must fail (so the
 check can fail).
 """
@@ -23,7 +24,8 @@ SHAPES = {
     "llama-gqa": {"model_type": "llama", "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2,
                   "hidden_size": 512, "intermediate_size": 1376, "vocab_size": 2000},
 }
-METHODS = ("eap", "eap-ig-inputs", "curve")
+METHODS = {"gpt2": ("eap", "eap-ig-inputs", "curve"), "llama-gqa": ("eap", "curve")}
+"""eap-ig-inputs takes eap's path (one more leaf): measured on one shape only, to keep the test short."""
 TOLERANCE = 0.25
 
 
@@ -31,7 +33,7 @@ TOLERANCE = 0.25
 def measured() -> list[dict]:
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak-RSS mark")
-    jobs = [[cfg, method, 8, 32, 8, 512, "float32"] for cfg in SHAPES.values() for method in METHODS]
+    jobs = [[cfg, method, 8, 32, 8, 512, "float32"] for name, cfg in SHAPES.items() for method in METHODS[name]]
     return measure_many(jobs)
 
 
@@ -48,7 +50,7 @@ def _parts(result: dict) -> list[tuple[str, int, str]]:
 
 def test_estimates_are_within_25_percent_of_measured_peaks(measured):
     ratios = {(r["shape"]["model_type"], r["method"]): r["estimate"] / r["measured"] for r in measured}
-    assert len(ratios) == len(SHAPES) * len(METHODS)
+    assert len(ratios) == sum(len(m) for m in METHODS.values())
     for r in measured:
         assert r["estimate"] == sum(c[1] for c in _parts(r))  # the worker's estimate is the planner's, less parameters
         assert r["measured"] > 50 * 2**20, r  # far above the allocator's noise
