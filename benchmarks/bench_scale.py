@@ -7,7 +7,8 @@ d 896, vocabulary 151,936; seed 0; 179,749 edges) and runs, each in a fresh proc
 forward (+ backward), EAP, EAP-IG-inputs (5 steps) and a MIB faithfulness curve (10 fractions;
 scores from EAP). Prints per method the seconds, the ratio to the bare forward+backward (the bare
 forward for the curve), and the peak resident memory above the loaded model (VmHWM reset after
-loading) next to the memory planner's estimate for the same work (its peak less the parameters).
+loading, after a small warm-up run and with glibc's mmap threshold fixed, as benchmarks/bench_memory.py
+measures) next to the memory planner's estimate for the same work (its peak less the parameters).
 Run on an idle machine.
 """
 
@@ -38,6 +39,9 @@ def qwen25_05b_config():
 
 def _one(method: str, args) -> dict:
     """Run one method in this process; returns seconds and peak memory above the loaded model."""
+    import ctypes
+    import gc
+
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -52,8 +56,12 @@ def _one(method: str, args) -> dict:
     tm = TracedModel(model)
     data = [random_batch(model.config.vocab_size, args.batch, args.tokens)]
     b = data[0]
+    warm = [random_batch(model.config.vocab_size, 2, 4, seed=1)]
+    attribute(tm, warm, "logit_diff", "eap")  # warm-up: kernels, thread pools, lazy initialisation
     if method == "curve":
         scores = attribute(tm, data, "logit_diff", "eap")
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # what the scoring freed goes back to the system first
     reset_peak_rss()  # the peak (VmHWM) starts again from the current RSS
     base = proc_status_bytes("VmRSS") / 2**20
     t = time.perf_counter()
@@ -92,10 +100,11 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.2f}; Qwen2.5-0.5B shape, random weights (seed 0), "
           f"{args.batch} x {args.tokens} tokens, {args.threads} threads")
     results = {}
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # large freed blocks go back to the system at once
     for m in ("bare", *args.methods):
         cmd = [sys.executable, __file__, "--one", m, "--batch", str(args.batch), "--tokens", str(args.tokens),
                "--threads", str(args.threads), "--max-rows", str(args.max_rows)]
-        results[m] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        results[m] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.splitlines()[-1])
     bare = results.pop("bare")
     print(f"edges: {bare['edges']}; bare forward {bare['forward_s']:.2f} s, forward+backward {bare['forward_backward_s']:.2f} s, "
           f"peak above the model {bare['peak_above_model_mb']:.0f} MB")

@@ -83,7 +83,7 @@ def score(
     seed: int = 0,
     runner: PatchRunner | None = None,
     parallel: Parallel = "data",
-    max_rows: int = 512,
+    max_rows: int | None = None,
 ) -> Graph:
     """Scores for every edge by ``method`` (for ``acdc`` the graph also holds ACDC's circuit).
 
@@ -91,8 +91,8 @@ def score(
     200); ``target_edges``: edge pruning's size (default 5 % of the edges); ``runner``: the training
     split's prepared runs, reused by ``exact`` when given; ``parallel``: how a process group shares
     exact effects (:data:`~circuits.parallel.Parallel`; attribution, ACDC and edge pruning split the data);
-    ``max_rows``: mask x example rows per masked forward (exact, acdc; :mod:`circuits.planning`
-    chooses it for a memory budget).
+    ``max_rows``: mask x example rows per masked forward (exact, acdc; None: the most that fit the
+    free memory, :func:`circuits.planning.runner_plan`; :mod:`circuits.planning` chooses it for a budget).
     """
     if method not in DISCOVERY_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(DISCOVERY_METHODS)}")
@@ -147,7 +147,7 @@ def discover(
     progress: bool = False,
     seed: int = 0,
     parallel: Parallel = "data",
-    max_rows: int = 512,
+    max_rows: int | None = None,
 ) -> Discovery:
     """Score edges on ``train``, select a circuit, evaluate it (and its curve) on ``test``.
 
@@ -156,8 +156,8 @@ def discover(
     normalized faithfulness on ``train`` reaches the target (:func:`~circuits.circuit.minimal.search_size`);
     ``refine`` then makes it 1-minimal by exact patching (:func:`~circuits.circuit.minimal.refine`).
     The report records the search, the refinement and the held-out faithfulness with its bootstrap
-    interval. ``max_rows`` bounds mask x example rows per masked forward
-    (:func:`circuits.planning.choose_for_discover` picks it for a memory budget). Nothing is written;
+    interval. ``max_rows`` bounds mask x example rows per masked forward (None: each runner takes the
+    most that fit the free memory; :func:`circuits.planning.choose_for_discover` picks one for a budget). Nothing is written;
     see :func:`write_outputs`.
 
     In a ``torch.distributed`` process group every rank calls this with the same arguments and gets

@@ -1,9 +1,9 @@
 """The memory planner: graph counts and parameter counts from configs, size parsing, the estimate's parts
 against the tensors the code allocates, the batch / max_rows choice, and the CLI (`circuits plan`, --max-memory).
 
-The estimate-vs-measured-peak comparison runs whole methods in fresh processes (minutes on a loaded
-machine), so it lives in benchmarks/bench_memory.py; here each component is checked against the
-size of the tensor it models, on tiny models."""
+The estimate-vs-measured-peak comparison runs whole methods in forked processes: tests/test_planning_measured.py
+(small shapes) and benchmarks/bench_memory.py (GPT-2 small, Qwen2.5-0.5B); here each component is checked
+against the size of the tensor it models, on tiny models."""
 
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ def test_recorded_and_prepared_runs_are_the_size_the_estimate_says():
     task = _task(n=6, P=7)
     from circuits import PatchRunner
 
-    runner = PatchRunner(model, task, batch_size=4)
+    runner = PatchRunner(model, task, batch_size=4, max_rows=512)
+
     def size(t):
         return t.numel() * t.element_size()
 
@@ -120,7 +121,7 @@ def test_delta_buffer_is_the_size_the_estimate_says():
             tm.run(ids, None, patch=Patch(torch.rand(K, tm.layout.n_edges), ref))
     finally:
         state.RunState._add = original
-    parts = dict((c[0], c[1]) for c in estimate(shape, "acdc", P, B, B, max_rows=K * B).components)
+    parts = dict((c[0], c[1]) for c in estimate(shape, "acdc", P, B, B, max_rows=K * B, sparse=False).components)
     assert max(seen) == parts["delta buffer"]
 
 
@@ -146,6 +147,54 @@ def test_choose_fits_the_budget_or_refuses():
         choose(GPT2_SMALL, "eap", 128, 32, parse_memory("100MB"), 100)
     rows = choose(GPT2_SMALL, "curve", 128, 8, estimate(GPT2_SMALL, "curve", 128, 8, 100, max_rows=24).peak, 100)
     assert rows.batch == 8 and rows.max_rows == 24  # three masks per forward fit, four do not
+
+
+def test_curves_count_their_circuits_and_the_sparse_path():
+    from circuits.evaluation import MIB_FRACTIONS as FRACTIONS
+    from circuits.planning import curve_edges
+
+    assert curve_edges(1000) == [1, 2, 5, 10, 20, 50, 100, 200, 500]  # the full graph needs no forward
+    assert len(curve_edges(GPT2_SMALL.n_edges)) == len(FRACTIONS) - 1
+    sparse = dict((c[0], c[1]) for c in estimate(GPT2_SMALL, "curve", 32, 8, 8).components)
+    dense = dict((c[0], c[1]) for c in estimate(GPT2_SMALL, "curve", 32, 8, 8, sparse=False).components)
+    assert "changed senders' store" in sparse and "delta buffer" in dense
+    assert sparse["changed senders' store"] < 9 * (GPT2_SMALL.n_senders - 1) * 8 * 32 * 768 * 4  # fewer than every node
+    assert sparse["prepared runs"] > dense["prepared runs"] == prepared_bytes(GPT2_SMALL, 32, 8, sparse=False)
+    # more rows than circuits change nothing: the curve has 9 masks to patch
+    assert estimate(GPT2_SMALL, "curve", 32, 8, 8, max_rows=72).peak == estimate(GPT2_SMALL, "curve", 32, 8, 8).peak
+    no_sparse = ModelShape(**{**GPT2_SMALL.__dict__, "sparse": False})  # a family without additive_residual
+    assert estimate(no_sparse, "curve", 32, 8, 8).peak == estimate(GPT2_SMALL, "curve", 32, 8, 8, sparse=False).peak
+
+
+def test_choose_falls_back_to_the_dense_path_when_only_it_fits():
+    n = 2000  # the sparse path's recordings of 2000 examples outweigh the dense path's per-forward buffers
+    dense = estimate(GPT2_SMALL, "curve", 64, 8, n, max_rows=8, sparse=False)
+    assert estimate(GPT2_SMALL, "curve", 64, 8, n, max_rows=8).peak > dense.peak
+    plan = choose(GPT2_SMALL, "curve", 64, 8, dense.peak, n, batch_fixed=True)
+    assert not plan.sparse and plan.batch == 8 and plan.estimate.peak <= dense.peak
+    assert "dense masked forward" in plan.summary()
+    roomy = choose(GPT2_SMALL, "curve", 64, 8, parse_memory("1TB"), n)
+    assert roomy.sparse and "dense" not in roomy.summary()
+
+
+def test_runner_rows_default_to_what_fits_the_free_memory():
+    from circuits import PatchRunner
+    from circuits.planning import runner_plan
+
+    model = tiny_model("gpt2")
+    task = _task(n=6, P=7)
+    runner = PatchRunner(model, task, batch_size=4)
+    batches = [p.batch for p in runner.prepared]
+    assert runner.max_rows == runner_plan(model, batches, True).max_rows
+    assert PatchRunner(model, task, batch_size=4, max_rows=12).max_rows == 12  # an explicit value is kept
+    with pytest.raises(ValueError, match="max_rows must be at least 1"):
+        PatchRunner(model, task, max_rows=0)
+    roomy = runner_plan(model, batches, True, budget=parse_memory("8GB"))
+    assert roomy.max_rows == 512 and roomy.sparse
+    one = estimate(shape_of(model.config), "acdc", 7, 4, 6, max_rows=4).peak
+    tight = runner_plan(model, batches, True, budget=one)
+    assert tight.max_rows < 512 and tight.estimate.peak <= one
+    assert runner_plan(model, batches, True, budget=1).max_rows == 4  # nothing fits: one mask per forward
 
 
 def test_bf16_scores_match_float32():
@@ -181,7 +230,7 @@ def test_cli_plan_prints_the_table(tmp_path, capsys):
     code, out, err = _cli(capsys, "plan", "--model", str(tmp_path / "config.json"), "--method", "curve", "--tokens", "16",
                           "--max-memory", "8GB")
     assert code == 0, err
-    assert "prepared runs" in out and "delta buffer" in out and "fits" in out
+    assert "prepared runs" in out and "changed senders' store" in out and "fits" in out
     code, out, _ = _cli(capsys, "plan", "--model", "stories260k", "--method", "eap", "--tokens", "32", "--max-memory", "1MB")
     assert code == 1 and "does not fit" in out
 

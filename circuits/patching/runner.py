@@ -64,7 +64,9 @@ class PatchRunner:
         metric: name or callable (default: the task's).
         ablation: what removed edges read (:data:`Ablation`).
         batch_size: examples per batch when ``data`` is a Task.
-        max_rows: at most this many ``mask x example`` rows per forward pass.
+        max_rows: at most this many ``mask x example`` rows per forward pass; None (the default): the
+            most that fit the device's free memory (:func:`circuits.planning.runner_plan`, which may
+            also turn the sparse path off when only the dense one fits).
         parallel: in a process group, split the examples (``data``) or the masks (``masks``).
         sparse: evaluate binary masks with the sparse masked forward (:mod:`circuits.runtime.sparse`:
             only the nodes a mask changes are computed) where it applies: ``patching`` ablation and a
@@ -79,7 +81,7 @@ class PatchRunner:
         metric: str | Callable | None = None,
         ablation: Ablation = "patching",
         batch_size: int = 16,
-        max_rows: int = 512,
+        max_rows: int | None = None,
         parallel: Parallel = "data",
         sparse: bool = True,
     ) -> None:
@@ -93,13 +95,20 @@ class PatchRunner:
         self.metric_name = metric_name(metric)
         self.metric = get_metric(metric)
         self.higher = is_higher_better(self.metric)
-        self.max_rows = max_rows
+        if max_rows is not None and int(max_rows) < 1:
+            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         self.ablation: Ablation = ablation
         self.parallel: Parallel = parallel
         self.sparse = sparse and ablation == "patching" and supports_sparse(self.tm.adapter)
         self.sparse_stats = SparseStats()
         self._rebased: tuple[bytes, list[SparseBase]] | None = None  # (circuit, its rebased sparse bases)
         local, self.n_examples = shard_data(self.tm, data, batch_size, split=parallel == "data")
+        if max_rows is None:  # the most rows (and the path) that fit the free memory, for these batches
+            from ..planning import runner_plan
+
+            plan = runner_plan(self.tm.model, local, self.sparse, self.tm.device.type)
+            max_rows, self.sparse = plan.max_rows, self.sparse and plan.sparse
+        self.max_rows = int(max_rows)
         batches = [b.to(self.tm.device) for b in local]
         with torch.no_grad():
             self.prepared = self._prepare(batches)

@@ -19,12 +19,13 @@ from .budget import (
     default_budget,
     free_memory,
     parse_memory,
+    runner_plan,
 )
-from .memory import PLAN_METHODS, Estimate, PlanMethod, estimate, format_bytes, prepared_bytes
+from .memory import PLAN_METHODS, Estimate, PlanMethod, curve_edges, estimate, format_bytes, prepared_bytes
 from .shapes import DTYPE_BYTES, ModelShape, load_config, meta_parameter_count, shape_of
 
 __all__ = [
     "DTYPE_BYTES", "MARGIN", "MAX_ROWS", "MEMORY_FORMS", "PLAN_METHODS", "Estimate", "MemoryBudgetError", "ModelShape", "Plan",
-    "PlanMethod", "choose", "choose_for_discover", "default_budget", "estimate", "format_bytes", "free_memory",
-    "load_config", "meta_parameter_count", "parse_memory", "prepared_bytes", "shape_of",
+    "PlanMethod", "choose", "choose_for_discover", "curve_edges", "default_budget", "estimate", "format_bytes", "free_memory",
+    "load_config", "meta_parameter_count", "parse_memory", "prepared_bytes", "runner_plan", "shape_of",
 ]

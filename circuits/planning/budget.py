@@ -11,9 +11,10 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from .memory import ATTRIBUTION, Estimate, estimate, format_bytes, prepared_bytes
-from .shapes import ModelShape
+from .shapes import DTYPE_BYTES, ModelShape, shape_of
 
 MAX_ROWS = 512
 """Default and largest mask x example rows per masked forward (:class:`~circuits.patching.PatchRunner`'s)."""
@@ -80,26 +81,55 @@ def default_budget(device: str = "cpu") -> int:
 
 @dataclass(frozen=True)
 class Plan:
-    """The chosen ``batch`` and ``max_rows`` and the estimate at those settings, within ``budget`` bytes."""
+    """The chosen ``batch`` and ``max_rows`` and the estimate at those settings, within ``budget`` bytes;
+    ``sparse`` False: only the dense masked forward fits (``PatchRunner(sparse=False)``)."""
 
     batch: int
     max_rows: int
     estimate: Estimate
     budget: int
+    sparse: bool = True
 
     def summary(self) -> str:
-        return (f"batch {self.batch}, {self.max_rows} rows per masked forward: about "
+        dense = not self.sparse and self.estimate.method not in ATTRIBUTION
+        path = " (dense masked forward: the sparse path's recorded runs do not fit)" if dense else ""
+        return (f"batch {self.batch}, {self.max_rows} rows per masked forward{path}: about "
                 f"{format_bytes(self.estimate.peak)} of {format_bytes(self.budget)}")
 
 
 def choose(shape: ModelShape, method: str, tokens: int, batch: int, budget: int, examples: int | None = None,
-           batch_fixed: bool = False, max_rows: int = MAX_ROWS) -> Plan:
+           batch_fixed: bool = False, max_rows: int = MAX_ROWS, sparse: bool | None = None) -> Plan:
     """The largest batch <= ``batch`` (exactly ``batch`` if ``batch_fixed``) and the most rows per masked
-    forward <= ``max_rows`` whose estimate fits ``budget`` bytes; :class:`MemoryBudgetError` otherwise."""
+    forward <= ``max_rows`` whose estimate fits ``budget`` bytes; :class:`MemoryBudgetError` otherwise.
+
+    Masked forwards take the sparse path where the family has it (``sparse`` None or True); when that
+    does not fit (its recorded runs grow with the examples) but the dense path does with a larger
+    batch, the plan says ``sparse=False`` and the runner must be built with ``PatchRunner(sparse=False)``.
+    """
+    use_sparse = shape.sparse if sparse is None else bool(sparse) and shape.sparse
+    if method in ATTRIBUTION or not use_sparse:
+        return _choose(shape, method, tokens, batch, budget, examples, batch_fixed, max_rows, use_sparse)
+    try:
+        plan = _choose(shape, method, tokens, batch, budget, examples, batch_fixed, max_rows, True)
+    except MemoryBudgetError:
+        plan = None
+    if plan is not None and plan.batch == min(int(batch), max(int(examples or batch), 1)):
+        return plan
+    try:
+        dense = _choose(shape, method, tokens, batch, budget, examples, batch_fixed, max_rows, False)
+    except MemoryBudgetError:
+        if plan is None:
+            raise
+        return plan
+    return dense if plan is None or dense.batch > plan.batch else plan
+
+
+def _choose(shape: ModelShape, method: str, tokens: int, batch: int, budget: int, examples: int | None,
+            batch_fixed: bool, max_rows: int, sparse: bool) -> Plan:
     n = max(int(examples or batch), 1)
 
     def fits(b: int, rows: int) -> Estimate | None:
-        e = estimate(shape, method, tokens, b, n, rows)
+        e = estimate(shape, method, tokens, b, n, rows, sparse)
         return e if e.peak <= budget else None
 
     def best_rows(b: int) -> Plan | None:
@@ -114,7 +144,7 @@ def choose(shape: ModelShape, method: str, tokens: int, batch: int, budget: int,
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if fits(b, mid * b) else (lo, mid - 1)
         rows = max_rows if lo == k_hi else lo * b
-        return Plan(b, rows, estimate(shape, method, tokens, b, n, rows), budget)
+        return Plan(b, rows, estimate(shape, method, tokens, b, n, rows, sparse), budget, sparse)
 
     batch = min(int(batch), n)
     plan = best_rows(batch)
@@ -123,8 +153,28 @@ def choose(shape: ModelShape, method: str, tokens: int, batch: int, budget: int,
     largest = _largest_batch(best_rows, batch)
     if largest is not None and not batch_fixed:
         return largest
-    at = estimate(shape, method, tokens, batch if batch_fixed else 1, n, batch if batch_fixed else 1)
+    at = estimate(shape, method, tokens, batch if batch_fixed else 1, n, batch if batch_fixed else 1, sparse)
     raise MemoryBudgetError(_refusal(at, budget, largest, batch_fixed))
+
+
+def runner_plan(model: Any, batches: list[Any], sparse: bool = True, device: str = "cpu",
+                budget: int | None = None) -> Plan:
+    """Rows per masked forward (and the path) for a :class:`~circuits.patching.PatchRunner` built with
+    ``max_rows=None``: the most (up to :data:`MAX_ROWS`) whose estimate fits ``budget`` (default: the
+    device's free memory less the margin), for the runner's batches (their longest and largest) and
+    masks that each change most of the graph (``acdc``'s estimate, an upper bound for curves and
+    evaluation). When not even one mask per forward fits, one mask per forward (the least it can do)."""
+    name = str(next(model.parameters()).dtype).removeprefix("torch.")
+    shape = shape_of(model.config, name if name in DTYPE_BYTES else "float32",
+                     n_params=sum(p.numel() for p in model.parameters()))
+    tokens = max(int(b.clean.shape[1]) for b in batches)
+    batch = max(len(b) for b in batches)
+    n = sum(len(b) for b in batches)
+    budget = default_budget(device) if budget is None else int(budget)
+    try:
+        return choose(shape, "acdc", tokens, batch, budget, n, batch_fixed=True, sparse=sparse)
+    except MemoryBudgetError:
+        return Plan(batch, batch, estimate(shape, "acdc", tokens, batch, n, batch, sparse), budget, sparse)
 
 
 def _largest_batch(best_rows, batch: int) -> Plan | None:
@@ -163,6 +213,7 @@ def choose_for_discover(shape: ModelShape, method: str, tokens: int, batch: int,
               choose(shape, "curve", tokens, batch, budget - reserve, n_test, batch_fixed)]
     b = min(p.batch for p in phases)
     rows = min(p.max_rows for p in phases)
-    final = [estimate(shape, m, tokens, b, n, rows) for m, n in ((method, n_train), ("curve", n_test))]
+    sparse = all(p.sparse for p in phases)
+    final = [estimate(shape, m, tokens, b, n, rows, sparse) for m, n in ((method, n_train), ("curve", n_test))]
     worst = max(final, key=lambda e: e.peak)
-    return Plan(b, rows, worst, budget)
+    return Plan(b, rows, worst, budget, sparse)

@@ -11,10 +11,17 @@ model's dtype. What each path holds at its peak:
   forward the clean-minus-corrupted sender outputs (``[S, N, P, d]`` again), the corrupted residuals
   ``[L+1, N, P, d]`` and both runs' q/k/v ``[6L, N, H, P, dh]``; the batch size does not shrink it,
   only fewer examples or tokens do.
-* **masked forward** of ``K = max_rows // B`` masks (``K B`` rows): the delta buffer ``[K, S, B*P*d]``
-  (``RunState.buffer``) plus every sender's output kept by the run (``RunState.groups``, same size),
-  plus one layer's temporaries: at worst every q/k/v receiver its own input ``[3H, K*B, P, d]``
-  twice (correction and input, then the normalised input).
+* **masked forward**, the path :class:`~circuits.patching.PatchRunner` takes. The masks per forward
+  are ``K = min(max_rows // B, masks)``: a curve's circuits strictly between the empty and the full
+  graph (9 of the 10 MIB fractions), ACDC's candidate removals (at most S). *Sparse* (binary masks,
+  ``patching`` ablation, a family with ``additive_residual``: :mod:`circuits.runtime.sparse`): the masks'
+  dense keep weights ``[K, S, R]``, a store of the CHANGED heads' and MLPs' deltas ``[N, B, P, d]``
+  (a mask of ``n`` edges counted as changing ``S' (1 - exp(-n / 3S'))`` of the ``S' = S - 1`` nodes, an
+  average fitted to EAP-ranked curves, not a bound), and one layer's CHANGED q/k/v inputs. *Dense*
+  (``PatchRunner(sparse=False)``, mean/zero ablation, other families): the delta buffer
+  ``[K, S, B*P*d]`` (``RunState.buffer``) plus every sender's output kept by the run
+  (``RunState.groups``, same size), plus one layer's temporaries: at worst every q/k/v receiver its
+  own input ``[3H, K*B, P, d]`` twice (correction and input, then the normalised input).
 * **attribution** (EAP family): the clean and corrupted recordings ``[S, B, P, d]`` (2x), their
   difference in float32, and a forward whose saved activations stay until the backward
   (per layer about four residual-sized tensors, q/k/v/context, and the MLP's hidden layers);
@@ -22,12 +29,14 @@ model's dtype. What each path holds at its peak:
 * **exact effects**: the prepared runs, one recorded clean run (senders and residuals) and
   ``K`` edges at a time resumed as a plain forward of ``K B`` rows.
 
-The estimates are upper bounds of what the code keeps alive (they assume the dense q/k/v path
-of a masked forward); ``benchmarks/bench_memory.py`` compares them with measured peaks.
+Attribution and the dense path are upper bounds of what the code keeps alive; the sparse path's
+store depends on the circuits (an average). tests/test_planning_measured.py and
+``benchmarks/bench_memory.py`` compare the estimates with measured peaks.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -48,6 +57,9 @@ MLP_HIDDEN: dict[str, tuple[int, int, int]] = {"gpt2": (4, 5, 4), "gpt_neo": (4,
 saved for the backward, saved with frozen parameters). GPT-2/GPT-Neo's tanh GELU is written in Python
 (several temporaries); the gated (Llama-family) MLP keeps gate, activation, up and product."""
 MLP_GATED = (3, 4, 3)
+RECEIVERS_PER_NODE = 1.6
+"""CHANGED q/k/v inputs the sparse path computes per CHANGED node it computes (of a head's three; EAP-ranked
+curves of GPT-2- and Qwen-shaped models measure 1.6-1.7)."""
 
 
 @dataclass(frozen=True)
@@ -123,15 +135,49 @@ class _Sizes:
         """Answer-position logits and the metric's float32 copies."""
         return rows * self.m.vocab * (self.b + 3 * F32)
 
-    def prepared(self, n: int) -> int:
-        """Every example's corrupted sender outputs and clean/corrupted answer logits, plus what the sparse
-        masked forward reads (:class:`~circuits.runtime.sparse.SparseBase`): the clean-minus-corrupted
-        sender outputs, the corrupted residual entering every layer and the final one, and both runs'
-        q, k, v per layer (an upper bound: families without the sparse path do not keep these)."""
+    def prepared(self, n: int, sparse: bool = True) -> int:
+        """Every example's corrupted sender outputs and clean/corrupted answer logits, plus with ``sparse``
+        what the sparse masked forward reads (:class:`~circuits.runtime.sparse.SparseBase`): the
+        clean-minus-corrupted sender outputs, the corrupted residual entering every layer and the final
+        one, and both runs' q, k, v per layer."""
         m = self.m
         base = self.senders(n) + 2 * n * m.vocab * self.b
-        sparse = self.senders(n) + (m.n_layers + 1) * self.resid(n) + 6 * m.n_layers * self.qkv(n)
-        return base + sparse
+        extra = self.senders(n) + (m.n_layers + 1) * self.resid(n) + 6 * m.n_layers * self.qkv(n)
+        return base + (extra if sparse else 0)
+
+    def preparing(self, rows: int, sparse: bool) -> int:
+        """Preparing the last batch on top of the others: the clean run's recording (senders and, for the
+        sparse path, residuals) before it is reduced to the deltas, and one layer of the recorded run."""
+        recorded = self.senders(rows) + (self.m.n_layers + 1) * self.resid(rows) if sparse else 0
+        return recorded + self.layer_transient(rows)
+
+    def sparse_masked(self, rows: int, kept: list[int]) -> list[tuple[str, int, str]]:
+        """The sparse masked forward of ``len(kept)`` binary masks of ``kept`` edges each, ``rows`` examples
+        per mask (:mod:`circuits.runtime.sparse`): only CHANGED nodes are computed, and their deltas stored.
+
+        A node is CHANGED only when an edge into it is kept; a mask of ``n`` edges is counted as changing
+        ``S' (1 - exp(-n / 3S'))`` of the ``S' = S - 1`` heads and MLPs (``n`` edges covering nodes about
+        three at a time, the q, k and v of a head; an average, not a bound: it matches the counts of
+        EAP-ranked curves within 10 %, benchmarks/bench_memory.py). A layer computes its share of them
+        (``Nc``) and about :data:`RECEIVERS_PER_NODE` times as many q/k/v inputs ``[M, B, P, d]``; at the
+        last layer's peak the store holds every row but that layer's."""
+        m = self.m
+        K, nodes = len(kept), m.n_senders - 1
+        changed = sum(nodes * -math.expm1(-n / (3 * nodes)) for n in kept)  # store rows, all masks
+        unit = self.resid(rows)  # one node's [B, P, d]
+        nc = changed / m.n_layers  # (mask, node) pairs of one layer
+        M = RECEIVERS_PER_NODE * nc
+        norm = 2 if m.gated_mlp else 1  # the normalised input (RMSNorm in Python: and its unweighted product)
+        w = m.d_model * m.head_dim * self.b  # one gathered projection matrix [d, dh]
+        project = M * max((1 + norm) * unit, 2 * unit + 5 * w)  # inputs, normalised inputs, gathered q/k/v weights
+        heads = M * unit + 2 * nc * unit + 3 * nc * self.qkv(rows) // m.n_heads  # inputs, outputs, their deltas
+        mlp = K * (2 * unit + self.mlp_factors()[0] * self.hidden(rows))
+        # the store's rows are written as their layer is computed: the last layer's are not yet there
+        layer = max(project, heads, mlp) - changed * unit / m.n_layers
+        return [("keep masks", K * m.n_senders * m.n_receivers * self.b, "[K, S, R] the masks' dense keep weights"),
+                ("changed senders' store", int(changed * unit), "[N, B, P, d] deltas of the CHANGED heads and MLPs of K masks"),
+                ("layer temporaries", int(max(layer, 0)) + self.logits(K * rows),
+                 "one layer's CHANGED q/k/v inputs [M, B, P, d], their projections, the heads' outputs")]
 
     def masked(self, rows: int) -> list[tuple[str, int, str]]:
         """A masked forward of ``rows`` mask x example rows (no autograd)."""
@@ -155,12 +201,14 @@ class _Sizes:
 
 
 def estimate(shape: ModelShape, method: str, tokens: int, batch: int, examples: int | None = None,
-             max_rows: int = 512) -> Estimate:
+             max_rows: int = 512, sparse: bool | None = None) -> Estimate:
     """Peak memory of ``method`` on ``examples`` examples of ``tokens`` positions, ``batch`` per forward.
 
     ``examples`` (default: one batch) matters for the methods that prepare every example's
     runs up front (exact, acdc, edge-pruning, curve); ``max_rows`` bounds mask x example rows
-    per masked forward (:class:`~circuits.patching.PatchRunner`'s).
+    per masked forward (:class:`~circuits.patching.PatchRunner`'s). ``sparse``: whether masked
+    forwards take the sparse path (default: where the family supports it, ``shape.sparse``; the
+    runner does so under ``patching`` ablation); False models the dense path (``PatchRunner(sparse=False)``).
     """
     if method not in PLAN_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(PLAN_METHODS)}")
@@ -174,8 +222,14 @@ def estimate(shape: ModelShape, method: str, tokens: int, batch: int, examples: 
     if method in ATTRIBUTION:
         parts = _attribution(z, method, batch)
     else:
-        parts = _patching(z, method, batch, n, max_rows)
+        parts = _patching(z, method, batch, n, max_rows, shape.sparse if sparse is None else bool(sparse) and shape.sparse)
     return Estimate(method, batch, int(tokens), n, int(max_rows), (params, *parts))
+
+
+def curve_edges(n_edges: int) -> list[int]:
+    """Edges kept by each circuit a faithfulness curve patches (``int(k E)`` for the MIB fractions, strictly
+    between the empty and the full graph, which need no forward); pruning can only lower them."""
+    return [n for n in (int(k * n_edges) for k in MIB_FRACTIONS) if 0 < n < n_edges]
 
 
 def _attribution(z: _Sizes, method: str, B: int) -> list[tuple[str, int, str]]:
@@ -197,9 +251,10 @@ def _attribution(z: _Sizes, method: str, B: int) -> list[tuple[str, int, str]]:
     return parts
 
 
-def _patching(z: _Sizes, method: str, B: int, n: int, max_rows: int) -> list[tuple[str, int, str]]:
+def _patching(z: _Sizes, method: str, B: int, n: int, max_rows: int, sparse: bool) -> list[tuple[str, int, str]]:
     m = z.m
-    parts = [("prepared runs", z.prepared(n), f"[S, N={n}, P, d] corrupted senders + answer logits")]
+    what = "[S, N, P, d] corrupted senders + answer logits" + (", deltas, residuals, q/k/v" if sparse else "")
+    parts = [("prepared runs", z.prepared(n, sparse), what.replace("N", f"N={n}", 1))]
     K = max(1, max_rows // B)
     if method == "edge-pruning":
         saved = m.n_layers * (3 * m.n_heads * z.resid(B) + z.saved_per_layer(B, frozen=True))
@@ -207,25 +262,28 @@ def _patching(z: _Sizes, method: str, B: int, n: int, max_rows: int) -> list[tup
                   ("saved activations", saved, "per-receiver q/k/v inputs [3H, B, P, d] per layer, kept for the backward"),
                   ("layer temporaries", 3 * z.heads(B) * 3 + z.logits(B), "corrections being summed, their gradients")]
         return parts
-    if method == "exact":
+    if method == "exact":  # resumed runs take the general (dense) path
         K = min(K, m.n_edges)
         base = z.senders(B) + (m.n_layers + 1) * z.resid(B) + 3 * z.qkv(B)
         parts += [("recorded clean run", base, "[S, B, P, d] senders, L+1 residuals, one layer's q/k/v"),
                   ("edges per forward", 5 * z.resid(K * B) + z.layer_transient(K * B) + z.logits(K * B),
                    f"K={K} edges x B rows resumed as a plain forward")]
         return parts
-    # a curve patches the circuits strictly between the empty and the full graph; ACDC's chains are
-    # at most one receiver's in-degree long
-    n_curve = sum(1 for k in MIB_FRACTIONS if 0 < int(k * m.n_edges) < m.n_edges)
-    K = min(K, max(n_curve, 1) if method == "curve" else m.n_senders)
-    rows = K * B
-    masked = z.masked(rows)
-    recording = 2 * z.senders(B) + z.layer_transient(B)  # preparing: a recorded run and its concatenation
-    if recording > sum(p[1] for p in masked):
-        return parts + [("recording a batch", recording, "[S, B, P, d] twice while preparing")]
-    return parts + [(name, v, what.replace("K", f"K={K}", 1)) for name, v, what in masked]
+    # a curve patches its circuits strictly between the empty and the full graph (the K largest in the
+    # worst forward); ACDC tries at most one receiver's in-degree of removals, each keeping most edges
+    kept = curve_edges(m.n_edges) if method == "curve" else [m.n_edges - 1] * m.n_senders
+    K = min(K, max(len(kept), 1))
+    if sparse:
+        masked = z.sparse_masked(B, sorted(kept)[-K:] or [1])
+    else:
+        masked = z.masked(K * B)
+    preparing = z.preparing(B, sparse)
+    if preparing > sum(p[1] for p in masked):
+        return parts + [("recording a batch", preparing, "the clean run's recording while preparing")]
+    return parts + [(name, v, w.replace("K", f"K={K}", 1)) for name, v, w in masked]
 
 
-def prepared_bytes(shape: ModelShape, tokens: int, examples: int) -> int:
-    """Bytes of a :class:`~circuits.patching.PatchRunner`'s prepared runs of ``examples`` examples."""
-    return _Sizes(shape, int(tokens)).prepared(int(examples))
+def prepared_bytes(shape: ModelShape, tokens: int, examples: int, sparse: bool | None = None) -> int:
+    """Bytes of a :class:`~circuits.patching.PatchRunner`'s prepared runs of ``examples`` examples (with the
+    sparse path's recordings where ``sparse``, default ``shape.sparse``)."""
+    return _Sizes(shape, int(tokens)).prepared(int(examples), shape.sparse if sparse is None else sparse)
