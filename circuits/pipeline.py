@@ -84,6 +84,7 @@ def score(
     runner: PatchRunner | None = None,
     parallel: Parallel = "data",
     max_rows: int | None = None,
+    sparse: bool = True,
 ) -> Graph:
     """Scores for every edge by ``method`` (for ``acdc`` the graph also holds ACDC's circuit).
 
@@ -92,7 +93,8 @@ def score(
     split's prepared runs, reused by ``exact`` when given; ``parallel``: how a process group shares
     exact effects (:data:`~circuits.parallel.Parallel`; attribution, ACDC and edge pruning split the data);
     ``max_rows``: mask x example rows per masked forward (exact, acdc; None: the most that fit the
-    free memory, :func:`circuits.planning.runner_plan`; :mod:`circuits.planning` chooses it for a budget).
+    free memory, :func:`circuits.planning.runner_plan`; :mod:`circuits.planning` chooses it for a budget);
+    ``sparse``: whether masked forwards may take the sparse path (:class:`~circuits.patching.PatchRunner`).
     """
     if method not in DISCOVERY_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(DISCOVERY_METHODS)}")
@@ -102,11 +104,12 @@ def score(
         return edge_pruning(model, train, metric, target_edges=min(int(target), E), steps=steps or 200,
                             batch_size=batch_size, progress=progress, seed=seed)
     if method == "acdc":
-        return acdc(model, train, tau, metric=metric or "kl_div", batch_size=batch_size, max_rows=max_rows,
+        return acdc(model, train, tau, metric=metric or "kl_div", batch_size=batch_size, max_rows=max_rows, sparse=sparse,
                     progress=progress).graph
     if method == "exact":
         t0 = time.perf_counter()
-        r = runner or PatchRunner(model, train, metric, batch_size=batch_size, parallel=parallel, max_rows=max_rows)
+        r = runner or PatchRunner(model, train, metric, batch_size=batch_size, parallel=parallel, max_rows=max_rows,
+                                      sparse=sparse)
         eff = exact_edge_effects(None, None, progress=progress, runner=r)
         scoring = Scoring(method="exact", metric=r.metric_name, n_examples=r.n_examples,
                           seconds=round(time.perf_counter() - t0, 4))
@@ -148,6 +151,7 @@ def discover(
     seed: int = 0,
     parallel: Parallel = "data",
     max_rows: int | None = None,
+    sparse: bool = True,
 ) -> Discovery:
     """Score edges on ``train``, select a circuit, evaluate it (and its curve) on ``test``.
 
@@ -157,7 +161,8 @@ def discover(
     ``refine`` then makes it 1-minimal by exact patching (:func:`~circuits.circuit.minimal.refine`).
     The report records the search, the refinement and the held-out faithfulness with its bootstrap
     interval. ``max_rows`` bounds mask x example rows per masked forward (None: each runner takes the
-    most that fit the free memory; :func:`circuits.planning.choose_for_discover` picks one for a budget). Nothing is written;
+    most that fit the free memory; :func:`circuits.planning.choose_for_discover` picks one for a budget) and
+    ``sparse`` (the sparse masked forward where it applies) go to every :class:`~circuits.patching.PatchRunner`. Nothing is written;
     see :func:`write_outputs`.
 
     In a ``torch.distributed`` process group every rank calls this with the same arguments and gets
@@ -168,7 +173,8 @@ def discover(
     runner = None
     if faithfulness is not None:  # refuse an unreachable or undefined target before the expensive scoring
         check_target(faithfulness)
-        runner = PatchRunner(model, train, metric, batch_size=batch_size, parallel=parallel, max_rows=max_rows)
+        runner = PatchRunner(model, train, metric, batch_size=batch_size, parallel=parallel, max_rows=max_rows,
+                                      sparse=sparse)
         check_runner(runner)
     if method == "edge-pruning":
         signed = True  # gate logits: larger = more open; |log α| would put strongly pruned edges first
@@ -176,7 +182,7 @@ def discover(
     t0 = t = time.perf_counter()
     scores = score(model, train, method, metric=metric, steps=steps, tau=tau, batch_size=batch_size,
                    progress=progress, target_edges=edges, seed=seed, runner=runner, parallel=parallel,
-                   max_rows=max_rows)
+                   max_rows=max_rows, sparse=sparse)
     timings["scoring"] = time.perf_counter() - t
     scores = scores.with_provenance(model=model_name or scores.provenance.model, task=train.name)
     t = time.perf_counter()
@@ -189,7 +195,8 @@ def discover(
         circuit = select(scores, edges=edges, threshold=threshold, rule=rule, signed=signed)
     timings["selection"] = time.perf_counter() - t
     t = time.perf_counter()
-    held_out = PatchRunner(model, test, metric, batch_size=batch_size, parallel=parallel, max_rows=max_rows)  # prepared once
+    held_out = PatchRunner(model, test, metric, batch_size=batch_size, parallel=parallel, max_rows=max_rows,
+                           sparse=sparse)  # prepared once
     report = evaluate_circuit(model, circuit, test, batch_size=batch_size, runner=held_out, progress=progress)
     timings["evaluation"] = time.perf_counter() - t
     crv = None

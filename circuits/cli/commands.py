@@ -77,7 +77,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
                      faithfulness=args.faithfulness, refine=args.refine, rule=args.prune, signed=args.signed,
                      steps=args.steps, tau=args.tau, batch_size=args.batch_size, curve=not args.no_curve,
                      model_name=args.model, progress=not args.quiet, seed=args.seed, parallel=args.parallel,
-                     max_rows=args.max_rows)
+                     max_rows=args.max_rows, sparse=args.sparse)
     report = found.report
     report.timings.pop("total", None)
     report.timings["load_s"] = round(t_load, 4)
@@ -170,7 +170,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     progress(args, f"evaluating {graph.n_circuit_edges} edges on {len(test)} held-out examples ...")
     t0 = time.perf_counter()
     report = evaluate_circuit(lm, graph, test, metric=args.metric, ablation=args.ablation, batch_size=args.batch_size,
-                              max_rows=args.max_rows)
+                              max_rows=args.max_rows, sparse=args.sparse)
     report.model, report.task = args.model, task.name
     report.timings["total_s"] = round(time.perf_counter() - t0, 4)
     report.settings.update({"model": args.model, "task": task.name, "task_file": task.meta.get("source_file"),

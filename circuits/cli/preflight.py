@@ -346,12 +346,13 @@ def check_memory(args: argparse.Namespace, model: Model, task: Any, train: Any, 
     """Fit the run into ``--max-memory`` (default: the device's free memory less a margin) before loading the model.
 
     Sets ``args.batch_size`` (the requested one, or the largest that fits when none was given) and
-    ``args.max_rows`` (mask x example rows per masked forward); a run that cannot fit is a UsageError
+    ``args.max_rows`` (mask x example rows per masked forward) and ``args.sparse`` (False when only the dense
+    masked forward fits); a run that cannot fit is a UsageError
     with the estimate and the largest batch that fits.
     """
     given = args.batch_size is not None
     args.batch_size = args.batch_size if given else DEFAULTS["batch_size"]
-    args.max_rows = 512
+    args.max_rows, args.sparse = 512, True
     if args.command not in ("discover", "evaluate"):
         return
     from ..planning import MemoryBudgetError, choose, choose_for_discover, default_budget, format_bytes, shape_of
@@ -379,7 +380,7 @@ def check_memory(args: argparse.Namespace, model: Model, task: Any, train: Any, 
         raise UsageError(f"{err} (budget: {source}; see `circuits plan`)") from None
     if plan.batch < min(args.batch_size, len(test), len(train) if args.command == "discover" else len(test)):
         progress(args, f"memory: batch lowered from {args.batch_size} to {plan.batch} to fit {format_bytes(budget)}")
-    args.batch_size, args.max_rows = plan.batch, plan.max_rows
+    args.batch_size, args.max_rows, args.sparse = plan.batch, plan.max_rows, plan.sparse
 
 
 def read_json_file(path: Path, flag: str) -> Any:

@@ -136,7 +136,7 @@ def faithfulness_curve(
     ablation: str = "patching",
     batch_size: int = 16,
     *,
-    max_rows: int = 512,
+    max_rows: int | None = None,
     runner: PatchRunner | None = None,
     method: str | None = None,
     progress: bool = False,

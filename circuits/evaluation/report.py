@@ -103,7 +103,8 @@ def evaluate_circuit(
     batch_size: int = 16,
     *,
     prune: bool = True,
-    max_rows: int = 512,
+    max_rows: int | None = None,
+    sparse: bool = True,
     runner: PatchRunner | None = None,
     method: str | None = None,
     curve: Curve | None = None,
@@ -114,11 +115,12 @@ def evaluate_circuit(
     With ``prune`` (default, as MIB's ``evaluate_graph``) dangling edges are removed first
     (``graph`` itself is not changed). ``m(N)``, ``m(∅)``, ``m(C)``, the KL to the full model
     and the accuracy all come from one batched evaluation on one :class:`PatchRunner`.
-    A given ``runner`` overrides ``metric``, ``ablation`` and ``batch_size``. Raises
+    A given ``runner`` overrides ``metric``, ``ablation``, ``batch_size``, ``max_rows`` and ``sparse``
+    (:class:`PatchRunner`'s). Raises
     ``ValueError`` when ``m(N) ≈ m(∅)`` (see :func:`normalized_faithfulness`).
     """
     t0 = time.perf_counter()
-    r = runner or PatchRunner(model, data, metric, ablation, batch_size, max_rows)
+    r = runner or PatchRunner(model, data, metric, ablation, batch_size, max_rows, sparse=sparse)
     t1 = time.perf_counter()
     check_same_model(graph, r)
     circuit = remove_dangling(graph) if prune else graph

@@ -48,7 +48,8 @@ def acdc(
     absolute: bool = False,
     ablation: Ablation = "patching",
     batch_size: int = 16,
-    max_rows: int = 512,
+    max_rows: int | None = None,
+    sparse: bool = True,
     atol: float = 1e-6,
     progress: bool = False,
 ) -> ACDCResult:
@@ -63,11 +64,12 @@ def acdc(
     the chain "remove e1", "remove e1,e2", ... (assuming removals); the chain is valid up to
     the first edge that is kept, and the rest is re-evaluated from there. Receivers whose
     node no longer reaches the logits lose their edges without evaluation (Δ = 0 exactly).
+    ``max_rows`` and ``sparse`` are :class:`PatchRunner`'s.
     """
     if not threshold >= 0:  # also refuses NaN
         raise ValueError(f"the ACDC threshold τ must be a number >= 0, got {threshold}")
     t0 = time.perf_counter()
-    r = PatchRunner(model, data, metric, ablation, batch_size, max_rows)
+    r = PatchRunner(model, data, metric, ablation, batch_size, max_rows, sparse=sparse)
     sweep = _Sweep(r, threshold, absolute, atol)
     pbar = None
     if progress and is_main():  # other ranks of a process group stay quiet

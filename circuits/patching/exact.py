@@ -24,7 +24,7 @@ def exact_edge_effects(
     base_mask: KeepMask | None = None,
     ablation: Ablation = "patching",
     batch_size: int = 16,
-    max_rows: int = 512,
+    max_rows: int | None = None,
     progress: bool = False,
     runner: PatchRunner | None = None,
 ) -> torch.Tensor:

@@ -23,7 +23,7 @@ def iterative_prune(
     metric: str | Callable | None = None,
     fraction_per_round: float = 0.5,
     batch_size: int = 16,
-    max_rows: int = 512,
+    max_rows: int | None = None,
     progress: bool = False,
 ) -> Graph:
     """Greedy pruning on exact effects: repeatedly drop the least important edges of the

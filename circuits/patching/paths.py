@@ -64,7 +64,7 @@ def path_patching_grid(
     receivers: Sequence[str],
     metric: str | Callable | None = None,
     batch_size: int = 16,
-    max_rows: int = 512,
+    max_rows: int | None = None,
     normalize: bool = False,
     progress: bool = False,
 ) -> torch.Tensor:

@@ -339,7 +339,7 @@ def masked_metric(
     metric: str | Callable | None = None,
     ablation: Ablation = "patching",
     batch_size: int = 16,
-    max_rows: int = 512,
+    max_rows: int | None = None,
 ) -> torch.Tensor:
     """Mean metric for each keep-mask ``[K, E]`` (or ``[E]``) -> ``[K]``."""
     return PatchRunner(model, data, metric, ablation, batch_size, max_rows).metric_values(masks)
