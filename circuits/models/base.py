@@ -293,19 +293,14 @@ def head_projection(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) ->
         if b is not None:
             out = out + b[None, :, None, :]
         return out
-    H = x.shape[0]
-    if H == Hw:
-        out = torch.einsum("hbpd,hde->bhpe", x, W)
-        if b is not None:
-            out = out + b[None, :, None, :]
-        return out
-    # GQA: query heads h = g * rep + r read kv head g (the grouping repeat_kv uses)
-    rep = H // Hw
-    xg = x.view(Hw, rep, *x.shape[1:])
-    out = torch.einsum("grbpd,gde->bgrpe", xg, W)
+    H, B, P = x.shape[:3]
+    if H != Hw:  # GQA: query head h = g * rep + r reads kv head g (the grouping repeat_kv uses)
+        group = torch.arange(H, device=W.device) // (H // Hw)
+        W, b = W[group], None if b is None else b[group]  # [H, d, dh]: a per-call index, far smaller than x
+    out = torch.bmm(x.reshape(H, B * P, d), W)  # one batched matmul; a strided x is read in place
     if b is not None:
-        out = out + b[None, :, None, None, :]
-    return out.reshape(out.shape[0], H, *out.shape[3:])
+        out = out + b[:, None, :]
+    return out.view(H, B, P, dh).transpose(0, 1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
