@@ -268,6 +268,10 @@ class Adapter:
     #: declaration on the adapter's own class counts: a subclass (e.g. a post-norm family built on
     #: Llama) uses the general path until it declares this itself.
     additive_residual: bool = False
+    #: the attention norm is Llama's RMSNorm, ``weight * x * rsqrt(mean(x²) + variance_epsilon)`` in float32:
+    #: many receivers' own inputs are then normalised by :func:`~circuits.runtime.block.receiver_norm`
+    #: in fewer passes (a module without ``variance_epsilon``, e.g. Gemma's or OLMo-2's, is used as it is)
+    llama_rms_norm: bool = False
 
     def head_outputs(self, layer: int, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-head contributions to the residual: ctx ``[B, H, P, dh]`` -> ``[H, B, P, d]``, plus b_O."""

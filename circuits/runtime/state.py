@@ -132,7 +132,7 @@ class RunState:
             if self.on_grad is not None and x.requires_grad:
                 self._probe_shared_qkv(block, x, (q, k, v), n)
             return q, k, v
-        h = lay.per_head_qkv(in_memory_order(block.attn_norm, x_attn))  # [H, 3, B', P, d]: each receiver its own input
+        h = lay.per_head_qkv(in_memory_order(block.receiver_norm, x_attn))  # [H, 3, B', P, d]: each receiver its own input
         return self.adapter.project_qkv(layer, h[:, 0], h[:, 1], h[:, 2])
 
     def mlp_input(self, layer: int, x: torch.Tensor) -> torch.Tensor:
@@ -260,7 +260,7 @@ class RunState:
             rr = mixed[k].nonzero().flatten()  # this mask's mixed receivers, local to the layer
             x = self._buffered_input(resid[k * B:(k + 1) * B], Wl[k:k + 1][:, :, rr], slice(k, k + 1))  # [m, B, P, d]
             head, slot = self.layout.qkv_slot(rr)
-            y = self.adapter.project_heads(block.layer, in_memory_order(block.attn_norm, x), head, slot)  # [m, B, P, dh]
+            y = self.adapter.project_heads(block.layer, in_memory_order(block.receiver_norm, x), head, slot)  # [m, B, P, dh]
             for c in range(3):
                 sel = slot == c
                 if bool(sel.any()):

@@ -76,3 +76,15 @@ def test_buffered_dense_inputs_equal_einsum_path(family):
     real = mask.bool().repeat(3, 1)
     assert (fast - slow)[real].abs().max() <= 1e-4
     assert (fast[:3] - fast[3:6])[mask.bool()].abs().max() > 1e-4  # the masks differ
+
+
+@pytest.mark.parametrize("family", ["llama", "olmoe", "gemma2", "gpt2"])
+def test_receiver_norm_equals_the_module(family):
+    """The few-pass RMSNorm used for many receivers' inputs equals the model's own module (Gemma's
+    1 + weight norm and LayerNorms are the modules themselves)."""
+    tm = TracedModel(tiny_model(family))
+    block = tm.blocks[1]
+    x = torch.randn(6, 2, 5, tm.adapter.d_model, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (block.receiver_norm(x) - block.attn_norm(x)).abs().max() <= TOL
+    assert (block.receiver_norm is block.attn_norm) == (family in ("gemma2", "gpt2"))
