@@ -1,7 +1,8 @@
 """Traced and patched forward vs the bare transformers forward.
 
 Prints, from one run on the same batch: bare forward time, traced forward (all edges)
-ratio (target <= 1.3x), patched forward with a random edge mask ratio (target <= 1.8x), the
+ratio (target <= 1.3x), patched forward with a random half-kept edge mask ratio (target <= 1.8x
+for GPT-2, <= 2x for the other families), the
 same half-kept mask through the sparse masked forward (circuits/runtime/sparse.py; answer-position
 logits, from recorded clean and corrupted runs: no regression, <= 1.8x), and peak-memory growth
 of the patched forward (must stay at the per-node activations: senders x batch x positions x
@@ -76,7 +77,8 @@ def main() -> None:
           f"batch {args.batch} x {args.tokens}; threads={torch.get_num_threads()}")
     print(f"bare forward           {t_bare * 1e3:8.1f} ms")
     print(f"traced forward         {t_traced * 1e3:8.1f} ms   ratio {t_traced / t_bare:5.2f}x  (target <= 1.3x)")
-    print(f"patched forward        {t_patched * 1e3:8.1f} ms   ratio {t_patched / t_bare:5.2f}x  (target <= 1.8x)")
+    target = "1.8x" if args.family == "gpt2" else "2x"
+    print(f"patched forward        {t_patched * 1e3:8.1f} ms   ratio {t_patched / t_bare:5.2f}x  (target <= {target})")
     print(f"  answer logits only   {t_patched_at * 1e3:8.1f} ms   ratio {t_patched_at / t_bare:5.2f}x")
     print(f"  sparse, same mask    {t_sparse * 1e3:8.1f} ms   ratio {t_sparse / t_bare:5.2f}x  (target <= 1.8x; "
           f"computes {stats.computed_share():.0%} of the heads and MLPs)")

@@ -268,6 +268,10 @@ class Adapter:
     #: declaration on the adapter's own class counts: a subclass (e.g. a post-norm family built on
     #: Llama) uses the general path until it declares this itself.
     additive_residual: bool = False
+    #: the attention norm is Llama's RMSNorm, ``weight * x * rsqrt(mean(x²) + variance_epsilon)`` in float32:
+    #: many receivers' own inputs are then normalised by :func:`~circuits.runtime.block.receiver_norm`
+    #: in fewer passes (a module without ``variance_epsilon``, e.g. Gemma's or OLMo-2's, is used as it is)
+    llama_rms_norm: bool = False
 
     def head_outputs(self, layer: int, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-head contributions to the residual: ctx ``[B, H, P, dh]`` -> ``[H, B, P, d]``, plus b_O."""
@@ -293,19 +297,14 @@ def head_projection(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) ->
         if b is not None:
             out = out + b[None, :, None, :]
         return out
-    H = x.shape[0]
-    if H == Hw:
-        out = torch.einsum("hbpd,hde->bhpe", x, W)
-        if b is not None:
-            out = out + b[None, :, None, :]
-        return out
-    # GQA: query heads h = g * rep + r read kv head g (the grouping repeat_kv uses)
-    rep = H // Hw
-    xg = x.view(Hw, rep, *x.shape[1:])
-    out = torch.einsum("grbpd,gde->bgrpe", xg, W)
+    H, B, P = x.shape[:3]
+    if H != Hw:  # GQA: query head h = g * rep + r reads kv head g (the grouping repeat_kv uses)
+        group = torch.arange(H, device=W.device) // (H // Hw)
+        W, b = W[group], None if b is None else b[group]  # [H, d, dh]: a per-call index, far smaller than x
+    out = torch.bmm(x.reshape(H, B * P, d), W)  # one batched matmul; a strided x is read in place
     if b is not None:
-        out = out + b[None, :, None, None, :]
-    return out.reshape(out.shape[0], H, *out.shape[3:])
+        out = out + b[:, None, :]
+    return out.view(H, B, P, dh).transpose(0, 1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

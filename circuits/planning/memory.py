@@ -19,7 +19,7 @@ model's dtype. What each path holds at its peak:
   (a mask of ``n`` edges counted as changing ``S' (1 - exp(-n / 3S'))`` of the ``S' = S - 1`` nodes, an
   average fitted to EAP-ranked curves, not a bound), and one layer's CHANGED q/k/v inputs. *Dense*
   (``PatchRunner(sparse=False)``, mean/zero ablation, other families): the delta buffer
-  ``[K, S, B*P*d]`` (``RunState.buffer``) plus every sender's output kept by the run
+  ``[K, B*P, S, d]`` (``RunState.buffer``) plus every sender's output kept by the run
   (``RunState.groups``, same size), plus one layer's temporaries: at worst every q/k/v receiver its
   own input ``[3H, K*B, P, d]`` twice (correction and input, then the normalised input).
 * **attribution** (EAP family): the clean and corrupted recordings ``[S, B, P, d]`` (2x), their

@@ -18,9 +18,11 @@ d model width, H query heads, dh head width.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from ..models.base import Adapter
 
@@ -70,6 +72,7 @@ class Block:
         self.adapter, self.layer = adapter, layer
         self.parallel = adapter.parallel_attn_mlp
         self.attn_norm = adapter.attn_norm(layer)
+        self.receiver_norm = receiver_norm(self.attn_norm, adapter.llama_rms_norm)  # many receivers' own inputs
         self.post_attn_norm = adapter.post_attn_norm(layer)
         self.post_mlp_norm = adapter.post_mlp_norm(layer)
 
@@ -133,3 +136,25 @@ class Block:
     def rows_at(t: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """``t[b, at[b]]`` for every row, keeping a position axis of 1: ``[B', P, ...]`` -> ``[B', 1, ...]``."""
         return t[torch.arange(t.shape[0], device=t.device), at][:, None]
+
+
+def receiver_norm(norm: nn.Module, llama_rms: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The attention norm as applied to many receivers' own inputs (``[..., d]``; rows are independent).
+
+    With ``llama_rms`` (:attr:`Adapter.llama_rms_norm`) and a module holding ``weight`` and
+    ``variance_epsilon``, float32 inputs are normalised as ``x * rsqrt(|x|²/d + eps) * weight`` in three
+    passes over ``x`` (one reduction, two products) instead of the module's five; anything else (and
+    anything under autograd) goes through the module itself. The result equals the module's up to
+    float rounding.
+    """
+    eps, weight = getattr(norm, "variance_epsilon", None), getattr(norm, "weight", None)
+    if not llama_rms or not isinstance(eps, float) or weight is None:
+        return norm
+
+    def rms(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_grad_enabled():
+            return norm(x)
+        scale = torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() / x.shape[-1] + eps)
+        return torch.mul(x, scale).mul_(weight)
+
+    return rms

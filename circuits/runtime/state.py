@@ -45,7 +45,7 @@ class RunState:
         self.groups: list[tuple[int, int, torch.Tensor, bool]] = []
         self.deltas: dict[int, torch.Tensor] = {}  # group -> z - z_ref: [n, K, B, P, d] ([n, B, P, d] if shared)
         self.leaves: list[torch.Tensor] = []
-        # Without autograd, all deltas live in one [K, S, B*P*d] buffer filled in place, and a
+        # Without autograd, all deltas live in one [K, B*P, S, d] buffer filled in place, and a
         # receiver group's correction is one batched matmul over every upstream sender.
         self.buffer: torch.Tensor | None = None
         # Post-norm families read head senders through their layer's norm (postnorm.py), not the buffer.
@@ -81,14 +81,27 @@ class RunState:
             return
         n, P, d = s1 - s0, z.shape[-2], z.shape[-1]
         K, B = self.K, self.B
-        if self.buffer is None:
-            self.buffer = torch.empty(K, self.layout.n_senders, B * P * d, dtype=z.dtype, device=z.device)
-        zc = self.reference[s0:s1].to(z.dtype)
-        out = self.buffer[:, s0:s1].view(K, n, B, P, d)  # written in place: one pass, no temporaries
+        if self.buffer is None:  # [K, B*P, S, d]: per position, every sender's delta side by side
+            self.buffer = torch.empty(K, B * P, self.layout.n_senders, d, dtype=z.dtype, device=z.device)
+        zc = self.reference[s0:s1].to(z.dtype).permute(1, 2, 0, 3)  # [Bc, Pc, n, d]
+        out = self.buffer.view(K, B, P, -1, d)[:, :, :, s0:s1]  # written in place: one pass, no temporaries
         if shared:
-            out.copy_((z - zc)[None])  # one recorded run shared by the K masks: broadcast over K
+            out.copy_((z.permute(1, 2, 0, 3) - zc)[None])  # one recorded run shared by the K masks: broadcast over K
         else:
-            torch.sub(z.view(n, K, B, P, d).transpose(0, 1), zc[None], out=out)
+            torch.sub(z.view(n, K, B, P, d).permute(1, 2, 3, 0, 4), zc[None], out=out)
+
+    def _buffered_input(self, resid: torch.Tensor, Wl: torch.Tensor, masks: slice = slice(None)) -> torch.Tensor:
+        """``resid - Σ_s w_sr Δ_s`` for the receivers of ``Wl`` [K, n, R] (senders ``0..n-1``; the K masks
+        ``masks`` of the buffer) from the buffer: one small matmul per position (a position's deltas stay
+        in cache), the subtraction fused in. ``resid`` [K*B, P, d] -> ``[R, K*B, P, d]`` (a view of
+        ``[K*B, P, R, d]``)."""
+        K, n, R = Wl.shape
+        Bp, P, d = resid.shape
+        rows = Bp * P  # K * B * P
+        Wt = Wl.transpose(1, 2)[:, None].expand(K, rows // K, R, n).reshape(rows, R, n)
+        buf = self.buffer[masks, :, :n].reshape(rows, n, d)
+        x = torch.baddbmm(resid.reshape(rows, 1, d).expand(rows, R, d), Wt, buf, alpha=-1)  # [K*B*P, R, d]
+        return x.view(Bp, P, R, d).permute(2, 0, 1, 3)
 
     def _delta(self, gi: int) -> torch.Tensor:
         if gi not in self.deltas:
@@ -119,7 +132,7 @@ class RunState:
             if self.on_grad is not None and x.requires_grad:
                 self._probe_shared_qkv(block, x, (q, k, v), n)
             return q, k, v
-        h = lay.per_head_qkv(block.attn_norm(x_attn))  # [H, 3, B', P, d]: each receiver its own input
+        h = lay.per_head_qkv(in_memory_order(block.receiver_norm, x_attn))  # [H, 3, B', P, d]: each receiver its own input
         return self.adapter.project_qkv(layer, h[:, 0], h[:, 1], h[:, 2])
 
     def mlp_input(self, layer: int, x: torch.Tensor) -> torch.Tensor:
@@ -150,9 +163,7 @@ class RunState:
             Bp, P, d = resid.shape
             # zero weights change nothing -- unless the caller differentiates w.r.t. them
             if self.buffered and bool(Wl.any()):
-                corr = torch.bmm(Wl.transpose(1, 2), self.buffer[:, :n_senders])  # [K, R_l, B*P*d]
-                corr = corr.view(K, r1 - r0, B, P, d).transpose(0, 1)  # [R_l, K, B, P, d]
-                x = (resid.view(1, K, B, P, d) - corr).reshape(r1 - r0, Bp, P, d)
+                x = self._buffered_input(resid, Wl)
             elif Wl.requires_grad or bool(Wl.any()):
                 corr = None
                 for gi, (s0, s1, _, shared) in enumerate(self.groups):
@@ -242,15 +253,14 @@ class RunState:
         rows = lambda m: m.repeat_interleave(B, 0)[:, :, None, None]  # noqa: E731  [K, H] -> [B', H, 1, 1]
         per_head = removed.view(K, H, 3)  # [K, H, q/k/v slot]
         if bool(removed.any()):
-            D = self.buffer[:, :n].sum(1)  # [K, B*P*d]: Σ_s Δ_s, what a fully patched receiver loses
-            gone = shared((resid.reshape(K, -1) - D).view(Bp, P, d))
+            D = self.buffer[:, :, :n].sum(2)  # [K, B*P, d]: Σ_s Δ_s, what a fully patched receiver loses
+            gone = shared((resid.reshape(K, -1, d) - D).view(Bp, P, d))
             out = [torch.where(rows(per_head[:, :, c]), gone[c], out[c]) for c in range(3)]
         for k in mixed.any(1).nonzero().flatten().tolist():  # masks, not edges
             rr = mixed[k].nonzero().flatten()  # this mask's mixed receivers, local to the layer
-            corr = Wl[k][:, rr].t() @ self.buffer[k, :n]  # [m, B*P*d]
-            x = (resid[k * B:(k + 1) * B].reshape(1, -1) - corr).view(len(rr), B, P, d)
+            x = self._buffered_input(resid[k * B:(k + 1) * B], Wl[k:k + 1][:, :, rr], slice(k, k + 1))  # [m, B, P, d]
             head, slot = self.layout.qkv_slot(rr)
-            y = self.adapter.project_heads(block.layer, block.attn_norm(x), head, slot)  # [m, B, P, dh]
+            y = self.adapter.project_heads(block.layer, in_memory_order(block.receiver_norm, x), head, slot)  # [m, B, P, dh]
             for c in range(3):
                 sel = slot == c
                 if bool(sel.any()):
@@ -282,6 +292,16 @@ class RunState:
                 cb(idx, slice(0, n_senders), batched_vjp(g_in)[0])
 
             t.register_hook(hook)
+
+
+def in_memory_order(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``norm`` (acting along the last dim) of receiver inputs ``x`` [R, B', P, d] in their memory order:
+    the buffered inputs are a view of ``[B', P, R, d]`` and are normalised as that (a LayerNorm would
+    first copy a strided input); the result is viewed back as ``[R, B', P, d]``."""
+    t = x.permute(1, 2, 0, 3)
+    if x.is_contiguous() or not t.is_contiguous():
+        return norm(x)
+    return norm(t).permute(2, 0, 1, 3)
 
 
 def head_input_grad(grad: torch.Tensor, W: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,90 @@
+"""The per-receiver q/k/v paths of the patched forward equal their reference computations: the GQA
+grouped projection, the slot-grouped OLMoE projection, and the buffered receiver inputs."""
+
+import pytest
+import torch
+from tiny_models import random_batch, tiny_model
+
+from circuits import Patch, TracedModel
+from circuits.models.base import head_projection
+
+TOL = 1e-5
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_gqa_per_head_projection_equals_one_head_at_a_time(bias):
+    """Query head h's k/v input goes through kv head h // rep's weights, also for a strided input
+    (the buffered receiver inputs are a view of ``[B, P, R, d]``)."""
+    g = torch.Generator().manual_seed(0)
+    H, Hkv, B, P, d, dh = 6, 2, 2, 5, 8, 4
+    W = torch.randn(Hkv, d, dh, generator=g)
+    b = torch.randn(Hkv, dh, generator=g) if bias else None
+    x = torch.randn(B, P, 3 * H, d, generator=g).permute(2, 0, 1, 3)[1::3]  # [H, B, P, d], strided
+    out = head_projection(x, W, b)  # [B, H, P, dh]
+    for h in range(H):
+        want = x[h] @ W[h // (H // Hkv)] + (0 if b is None else b[h // (H // Hkv)])
+        assert (out[:, h] - want).abs().max() <= TOL
+    assert (out[:, 0] - out[:, 3]).abs().max() > 1e-3  # groups 0 and 1 use different weights
+
+
+def _olmoe_reference(tm: TracedModel, layer: int, x: torch.Tensor, head: int, slot: int) -> torch.Tensor:
+    """One receiver's q/k/v straight from the `transformers` modules: full width, norm, clamp, slice."""
+    attn, dh = tm.adapter.block(layer).self_attn, tm.adapter.head_dim
+    clip = tm.model.config.clip_qkv
+    full = (attn.q_norm(attn.q_proj(x)), attn.k_norm(attn.k_proj(x)), attn.v_proj(x))[slot].clamp(-clip, clip)
+    own = head if slot == 0 else head // (tm.adapter.n_heads // tm.adapter.n_kv_heads)
+    return full[..., own * dh:(own + 1) * dh]
+
+
+def test_olmoe_project_heads_equals_module_reference():
+    """Rows grouped by slot (each pays only its own q, k or v projection) equal the module's own
+    full-width computation, row by row, and the per-head project_qkv path agrees."""
+    tm = TracedModel(tiny_model("olmoe"))
+    a, H = tm.adapter, tm.adapter.n_heads
+    g = torch.Generator().manual_seed(0)
+    heads = torch.arange(H).repeat_interleave(3)
+    comp = torch.arange(3).repeat(H)
+    perm = torch.randperm(3 * H, generator=g)  # rows in mixed order
+    heads, comp = heads[perm], comp[perm]
+    x = 100 * torch.randn(3 * H, 2, 5, a.d_model, generator=g)  # large enough that v is clamped too
+    with torch.no_grad():
+        rows = a.project_heads(1, x, heads, comp)  # [3H, B, P, dh]
+        for m in range(3 * H):
+            want = _olmoe_reference(tm, 1, x[m], int(heads[m]), int(comp[m]))
+            assert (rows[m] - want).abs().max() <= TOL
+        by_slot = [x[(comp == c).nonzero().flatten()[heads[comp == c].argsort()]] for c in range(3)]  # [H, B, P, d]
+        q, k, v = a.project_qkv(1, *by_slot)  # [B, H, P, dh]
+    for c, t in enumerate((q, k, v)):
+        want = rows[(comp == c).nonzero().flatten()[heads[comp == c].argsort()]].transpose(0, 1)
+        assert (t - want).abs().max() <= TOL
+    clipped = rows.abs() == tm.model.config.clip_qkv
+    assert all(bool(clipped[comp == c].any()) for c in range(3))  # the clamp is exercised for q, k and v
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gptj", "olmoe"])
+def test_buffered_dense_inputs_equal_einsum_path(family):
+    """Several fractional masks at once (every receiver mixed: the dense buffered path, one matmul per
+    position over the [K, B*P, S, d] buffer) equal the per-sender-group einsum path used under autograd."""
+    tm = TracedModel(tiny_model(family))
+    clean, corr, mask = random_batch()
+    keep = torch.rand(3, tm.layout.n_edges, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = tm.run(corr, mask, record=True).senders
+        fast = tm.run(clean, mask, patch=Patch(keep, ref)).logits
+    with torch.enable_grad():
+        slow = tm.run(clean, mask, patch=Patch(keep, ref)).logits.detach()
+    real = mask.bool().repeat(3, 1)
+    assert (fast - slow)[real].abs().max() <= 1e-4
+    assert (fast[:3] - fast[3:6])[mask.bool()].abs().max() > 1e-4  # the masks differ
+
+
+@pytest.mark.parametrize("family", ["llama", "olmoe", "gemma2", "gpt2"])
+def test_receiver_norm_equals_the_module(family):
+    """The few-pass RMSNorm used for many receivers' inputs equals the model's own module (Gemma's
+    1 + weight norm and LayerNorms are the modules themselves)."""
+    tm = TracedModel(tiny_model(family))
+    block = tm.blocks[1]
+    x = torch.randn(6, 2, 5, tm.adapter.d_model, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (block.receiver_norm(x) - block.attn_norm(x)).abs().max() <= TOL
+    assert (block.receiver_norm is block.attn_norm) == (family in ("gemma2", "gpt2"))
