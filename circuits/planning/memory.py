@@ -183,7 +183,7 @@ class _Sizes:
         """A masked forward of ``rows`` mask x example rows (no autograd)."""
         m = self.m
         dense = 2 * 3 * m.n_heads * self.resid(rows) + self.norm_extra(3 * m.n_heads * rows)
-        return [("delta buffer", self.senders(rows), "[K, S, B*P*d] sender deltas of the K masks"),
+        return [("delta buffer", self.senders(rows), "[K, B*P, S, d] sender deltas of the K masks"),
                 ("run's sender outputs", self.senders(rows), "[S, K*B, P, d] kept by the masked run"),
                 ("layer temporaries", max(dense, self.layer_transient(rows)) + self.logits(rows),
                  "per-receiver q/k/v inputs [3H, K*B, P, d] (x2) or a layer's activations")]
