@@ -34,7 +34,7 @@ from ..graph import GraphLayout, KeepMask
 from ..metrics import get_metric, is_higher_better, metric_name
 from ..parallel import PARALLEL_MODES, Parallel, agree, all_reduce_sum, fingerprint, gather_cat, is_main, shard_range, world
 from ..runtime import Patch, Prefix, RunOutput, TracedModel, as_traced
-from ..runtime.sparse import SparseBase, SparseStats, sparse_logits, supports_sparse
+from ..runtime.sparse import SparseBase, SparseStats, plan_states, sparse_logits, supports_sparse
 from ..tasks import Batch, Task, as_batches, task_metric
 
 Ablation = Literal["patching", "mean", "zero"]
@@ -73,6 +73,11 @@ class PatchRunner:
             family that declares ``additive_residual``; records the clean run's senders and both
             runs' residuals once. ``sparse_stats`` counts what it computed.
     """
+
+    #: a mask that makes more than this share of the nodes computed goes to the general patched forward
+    #: (its corrections are one batched matmul per position; benchmarks/bench_curve.py's per-mask table
+    #: shows the sparse path losing from about 90 % of the nodes computed)
+    DENSE_SHARE = 0.85
 
     def __init__(
         self,
@@ -225,10 +230,24 @@ class PatchRunner:
     def sparse_logits(self, p: PreparedBatch, keep: torch.Tensor, base: SparseBase | None = None) -> torch.Tensor | None:
         """Answer-position logits ``[K * B, 1, V]`` of binary keep-masks ``[K, E]`` from the sparse masked
         forward (relative to ``base``, default ``p``'s clean run), or None where it does not apply (then
-        the general patched forward runs)."""
+        the general patched forward runs). Masks that make more than :attr:`DENSE_SHARE` of the nodes
+        computed take the general patched forward, which is cheaper for them."""
         if p.sparse is None or torch.is_grad_enabled() or not bool(((keep == 0) | (keep == 1)).all()):
             return None
-        return sparse_logits(self.tm.blocks, self.layout, base or p.sparse, keep, self.sparse_stats)
+        base = base or p.sparse
+        plan = plan_states(self.layout, keep, base.around)
+        dense = plan.computed_nodes() > self.DENSE_SHARE * self.layout.n_senders  # [K]
+        if not bool(dense.any()):
+            return sparse_logits(self.tm.blocks, self.layout, base, keep, self.sparse_stats, plan)
+        out = p.clean_logits.new_empty(len(keep), *p.clean_logits.shape)  # [K, B, 1, V]
+        b = p.batch
+        out[dense] = self.tm.run(b.clean, b.attention_mask, patch=Patch(keep[dense], p.reference),
+                                 logit_positions=b.answer_pos).logits.view(-1, *p.clean_logits.shape)
+        if not bool(dense.all()):
+            light = ~dense
+            out[light] = sparse_logits(self.tm.blocks, self.layout, base, keep[light], self.sparse_stats,
+                                       plan.select(light)).view(-1, *p.clean_logits.shape)
+        return out.view(-1, *p.clean_logits.shape[1:])
 
     def rebased(self, around: KeepMask) -> list[SparseBase] | None:
         """Every prepared batch's sparse base rebased on the binary circuit ``around`` ([E]); None where the

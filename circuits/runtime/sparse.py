@@ -84,6 +84,10 @@ class StatePlan:
     live: torch.Tensor
     full: torch.Tensor  # [K, S] bool: live senders needed at every position (the rest: answer positions only)
 
+    def select(self, rows: torch.Tensor) -> StatePlan:
+        """The plan of the masks ``rows`` (indices or a ``[K]`` bool) only."""
+        return StatePlan(self.senders[rows], self.receivers[rows], self.live[rows], self.full[rows])
+
     @property
     def logits(self) -> torch.Tensor:
         """``[K]`` the logits node's state."""
@@ -396,7 +400,7 @@ class _Run:
                                 self.store[:, rows, b.at])[:, :, None]  # [M, B, 1, d]
             else:
                 x = self.inputs(pk[i], r0 + 3 * ph[i] + c, n, b.resid_corr[layer], b.delta, self.store)  # [M, B, P, d]
-            y = a.project_heads(layer, block.attn_norm(x), ph[i], c).transpose(0, 1)  # [B, M, P or 1, dh]
+            y = a.project_heads(layer, block.receiver_norm(x), ph[i], c).transpose(0, 1)  # [B, M, P or 1, dh]
             if b.rot is not None:  # queries and keys are rotated, values are not
                 rot = [Block.rows_at(t, b.at) for t in b.rot] if at_q else b.rot
                 y = torch.where((c == 2)[None, :, None, None], y, a.rotate(y, *rot))
@@ -458,14 +462,14 @@ class _Run:
 
 
 def sparse_logits(blocks: list[Block], layout: GraphLayout, base: SparseBase, keep: torch.Tensor,
-                  stats: SparseStats | None = None) -> torch.Tensor:
+                  stats: SparseStats | None = None, plan: StatePlan | None = None) -> torch.Tensor:
     """Answer-position logits ``[K * B, 1, V]`` (mask-major) under binary keep-masks ``[K, E]``, computing
     only the CHANGED nodes; equal to ``TracedModel.run(clean, patch=Patch(keep, z_corr), logit_positions=at)``
-    whatever circuit ``base`` was rebased on.
+    whatever circuit ``base`` was rebased on. ``plan``: the masks' :func:`plan_states` when already known.
     """
     keep = keep[None] if keep.dim() == 1 else keep
     stats = SparseStats() if stats is None else stats
-    plan = plan_states(layout, keep.to(base.delta.device), base.around)
+    plan = plan_states(layout, keep.to(base.delta.device), base.around) if plan is None else plan
     out = _Run(layout, base, keep.to(base.delta.device), plan).forward(blocks, stats)
     stats.masks += keep.shape[0]
     stats.total_heads += keep.shape[0] * layout.n_layers * layout.n_heads

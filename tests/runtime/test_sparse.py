@@ -192,3 +192,28 @@ def test_rebased_sparse_equals_general_patched_forward(family):
         heavy = SparseStats()
         sparse_logits(tm.blocks, lay, base, near(centre, 12, 1), heavy)
         assert light.heads + light.mlps < heavy.heads + heavy.mlps
+
+
+def test_masks_that_change_almost_every_node_take_the_general_path():
+    """Cost-based dispatch: a mask that makes more than DENSE_SHARE of the nodes computed goes to the general
+    patched forward, a mask of a few edges stays sparse; the values are the same either way."""
+    model = sensitive_llama()
+    clean, corr, mask = random_batch(B=4, P=8)
+    b = batch_of(clean, corr, mask, 8)
+    runner = PatchRunner(model, [b], "kl_div", max_rows=64)
+    lay = runner.layout
+    g = torch.Generator().manual_seed(2)
+    half = (torch.rand(lay.n_edges, generator=g) < 0.8).float()
+    few = torch.zeros(lay.n_edges)
+    few[lay.edge_index(["input->a0.h1<v>", "a0.h1->m1", "m1->logits"])] = 1
+    keep = torch.stack([half, few])
+    heavy, light = plan_states(lay, keep).computed_nodes().tolist()
+    assert heavy > light
+    runner.DENSE_SHARE = (heavy + light) / 2 / lay.n_senders  # (a tiny graph: the default would send both one way)
+    mixed = runner.evaluate(keep)["m"]
+    assert runner.sparse_stats.masks == 1  # only `few` took the sparse path
+    runner.DENSE_SHARE = 1.0  # everything sparse
+    assert torch.allclose(runner.evaluate(keep)["m"], mixed, atol=1e-6)
+    assert runner.sparse_stats.masks == 3
+    general = PatchRunner(model, [b], "kl_div", sparse=False).evaluate(keep)["m"]
+    assert torch.allclose(general, mixed, atol=1e-6)
