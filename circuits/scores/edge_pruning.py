@@ -45,7 +45,7 @@ from ..patching import PatchRunner, PreparedBatch
 from ..runtime import Patch, TracedModel, as_traced
 from ..tasks import Batch, Task
 
-__all__ = ["ANNEAL_SHARE", "edge_pruning", "expected_l0", "hard_concrete_mean", "hard_concrete_sample"]
+__all__ = ["ANNEAL_SHARE", "F_EVERY", "edge_pruning", "expected_l0", "hard_concrete_mean", "hard_concrete_sample"]
 
 _EPS = 1e-6
 ANNEAL_SHARE = 0.8
@@ -112,7 +112,9 @@ def edge_pruning(
         init: initial ``log α`` of every edge (3.0: every gate open with probability ≈ 0.99).
         temperature: the hard-concrete temperature ``β``.
         stretch: ``(l, r)`` with ``l < 0`` and ``r > 1`` (gates reach exactly 0 and 1).
-        progress: show a tqdm bar with the loss and the expected edge count.
+        progress: show a tqdm bar with the loss, the expected edge count, the current target and the
+            current normalized faithfulness ``f`` of the deterministic mask (gate mean > 0.5) on the data,
+            evaluated every :data:`F_EVERY` steps and at the last one (one masked forward over the data each).
         early_stop: stop once, after the annealing, the expected edge count is at most 1% (at
             least half an edge) above ``target_edges`` and the faithfulness loss has plateaued
             (mean of the last 10 steps within 1% (+1e-4) of the 10 before, or within two standard
@@ -161,6 +163,7 @@ def edge_pruning(
 
         it = bar = tqdm(it, desc="edge pruning", unit="step")
     steps_run = 0
+    faith = _CurrentFaithfulness(runner, stretch) if progress else None  # every rank: its evaluations all-reduce
     with _frozen(tm.model), torch.enable_grad():
         for step in it:
             target_t = E - (E - target_edges) * min(1.0, step / anneal)
@@ -171,8 +174,11 @@ def edge_pruning(
             steps_run = step + 1
             history.append(float(task_loss.detach()))
             trace.append((step, float(l0.detach()), history[-1]))
-            if bar is not None:
-                bar.set_postfix(loss=f"{history[-1]:.4g}", edges=f"{trace[-1][1]:.1f}", target=f"{target_t:.0f}")
+            if faith is not None:
+                f = faith(log_alpha, step, steps)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{history[-1]:.4g}", edges=f"{trace[-1][1]:.1f}", target=f"{target_t:.0f}",
+                                    f=f)
             if early_stop and step >= anneal and trace[-1][1] - target_edges <= tol and _plateau(history):
                 break
     if bar is not None:
@@ -187,6 +193,27 @@ def edge_pruning(
     scoring = Scoring(method="edge-pruning", metric=metric_name(metric), steps=steps_run, absolute=False, ablation="patching",
                       n_examples=n_examples, seconds=round(time.perf_counter() - t0, 4))
     return _result(tm, log_alpha, scoring, info, temperature, stretch)
+
+
+F_EVERY = 10
+"""With ``progress``, the current circuit's faithfulness is evaluated every this many steps."""
+
+
+class _CurrentFaithfulness:
+    """``f`` of the deterministic mask of the current gate logits on the runner's data, for the progress bar."""
+
+    def __init__(self, runner: PatchRunner, stretch: tuple[float, float]) -> None:
+        self.runner, self.stretch = runner, stretch
+        self.m_full, self.m_empty = runner.full_and_empty()
+        self.text = "-"
+
+    def __call__(self, log_alpha: torch.Tensor, step: int, steps: int) -> str:
+        """The bar's ``f`` text: re-evaluated every :data:`F_EVERY` steps and at the last step ("-" if undefined)."""
+        span = self.m_full - self.m_empty
+        if (step % F_EVERY == 0 or step == steps - 1) and abs(span) > 1e-9:
+            keep = (hard_concrete_mean(log_alpha.detach(), self.stretch) > 0.5).float()
+            self.text = f"{(float(self.runner.metric_values(keep[None])[0]) - self.m_empty) / span:.3f}"
+        return self.text
 
 
 @contextlib.contextmanager

@@ -182,3 +182,16 @@ def test_ranking_on_a_zoo_model_is_as_good_as_eap_ig():
     m = float(runner.metric_values(topn_masks(learned, [k], absolute=False, prune=True))[0])
     f = (m - m_empty) / (m_full - m_empty)
     assert k < 0.5 * E and f >= 0.9, (k, E, f)
+
+
+def test_progress_bar_shows_the_current_faithfulness(setup, pruned, capsys):
+    """With progress, the bar shows f of the current deterministic mask (every F_EVERY steps and at the last
+    step: the final circuit's f); evaluating it changes nothing in the optimisation."""
+    model, data = setup
+    shown = edge_pruning(model, data, target_edges=TARGET, seed=0, progress=True, **FAST)
+    err = capsys.readouterr().err
+    assert torch.equal(shown.scores, pruned.scores)  # same run with or without the bar
+    runner = PatchRunner(model, data, "kl_div")
+    m_full, m_empty = runner.full_and_empty()
+    m = float(runner.metric_values(shown.in_circuit.float()[None])[0])
+    assert f"f={(m - m_empty) / (m_full - m_empty):.3f}" in err  # the last step's f: the final circuit's
