@@ -45,7 +45,8 @@ def compute(model, task) -> dict[str, torch.Tensor]:
         out[f"per_example_{mode}"] = r.evaluate(masks, per_example=True)["m"]
         out[f"curve_{mode}"] = torch.tensor(faithfulness_curve(model, eap, task, runner=r).faithfulness)
     out["acdc"] = acdc(model, task, 0.02, metric="kl_div", batch_size=5).graph.in_circuit
-    out["pruning"] = edge_pruning(model, task, target_edges=40, steps=6, batch_size=5, seed=1).scores
+    # a bar on rank 0 only (as the CLI runs): its f evaluations all-reduce, so every rank must take part
+    out["pruning"] = edge_pruning(model, task, target_edges=40, steps=6, batch_size=5, seed=1, progress=is_main()).scores
     agree("edge pruning's learned scores", fingerprint(out["pruning"]))  # every rank took the same steps
     return out
 

@@ -40,7 +40,7 @@ from torch import nn
 from ..graph import Graph, Scoring, Selection
 from ..metrics import check_metric_output, get_metric, metric_name
 from ..models import graph_for
-from ..parallel import all_reduce_mean_, is_main
+from ..parallel import all_reduce_mean_, all_reduce_sum, is_main
 from ..patching import PatchRunner, PreparedBatch
 from ..runtime import Patch, TracedModel, as_traced
 from ..tasks import Batch, Task
@@ -163,7 +163,9 @@ def edge_pruning(
 
         it = bar = tqdm(it, desc="edge pruning", unit="step")
     steps_run = 0
-    faith = _CurrentFaithfulness(runner, stretch) if progress else None  # every rank: its evaluations all-reduce
+    # f's evaluations all-reduce, so every rank evaluates when any rank shows a bar (ranks but 0 run quietly)
+    shown = bool(all_reduce_sum(torch.tensor([float(progress)])) > 0)
+    faith = _CurrentFaithfulness(runner, stretch) if shown else None
     with _frozen(tm.model), torch.enable_grad():
         for step in it:
             target_t = E - (E - target_edges) * min(1.0, step / anneal)
