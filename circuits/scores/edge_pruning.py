@@ -163,9 +163,7 @@ def edge_pruning(
 
         it = bar = tqdm(it, desc="edge pruning", unit="step")
     steps_run = 0
-    # f's evaluations all-reduce, so every rank evaluates when any rank shows a bar (ranks but 0 run quietly)
-    shown = bool(all_reduce_sum(torch.tensor([float(progress)])) > 0)
-    faith = _CurrentFaithfulness(runner, stretch) if shown else None
+    faith = _CurrentFaithfulness.when_shown(runner, stretch, progress)
     with _frozen(tm.model), torch.enable_grad():
         for step in it:
             target_t = E - (E - target_edges) * min(1.0, step / anneal)
@@ -176,11 +174,9 @@ def edge_pruning(
             steps_run = step + 1
             history.append(float(task_loss.detach()))
             trace.append((step, float(l0.detach()), history[-1]))
-            if faith is not None:
-                f = faith(log_alpha, step, steps)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{history[-1]:.4g}", edges=f"{trace[-1][1]:.1f}", target=f"{target_t:.0f}",
-                                    f=f)
+            f = faith(log_alpha, step, steps) if faith is not None else "-"
+            if bar is not None:
+                bar.set_postfix(loss=f"{history[-1]:.4g}", edges=f"{trace[-1][1]:.1f}", target=f"{target_t:.0f}", f=f)
             if early_stop and step >= anneal and trace[-1][1] - target_edges <= tol and _plateau(history):
                 break
     if bar is not None:
@@ -208,6 +204,13 @@ class _CurrentFaithfulness:
         self.runner, self.stretch = runner, stretch
         self.m_full, self.m_empty = runner.full_and_empty()
         self.text = "-"
+
+    @classmethod
+    def when_shown(cls, runner: PatchRunner, stretch: tuple[float, float], progress: bool) -> _CurrentFaithfulness | None:
+        """An instance when any rank shows a bar, else None. Its evaluations all-reduce, so every rank takes
+        part when any rank shows a bar (the CLI runs ranks other than 0 quietly)."""
+        shown = bool(all_reduce_sum(torch.tensor([float(progress)])) > 0)
+        return cls(runner, stretch) if shown else None
 
     def __call__(self, log_alpha: torch.Tensor, step: int, steps: int) -> str:
         """The bar's ``f`` text: re-evaluated every :data:`F_EVERY` steps and at the last step ("-" if undefined)."""
