@@ -262,6 +262,10 @@ class SparseBase:
         return cls(zx, delta, corrupted.resid, qkv, causal_mask(attention_mask, B, P, dev), rot, at,
                    clean.logits, corrupted.logits, delta[:, rows, at], corrupted.resid[-1][rows, at])
 
+    def at_answer(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` at each example's answer position: ``[..., B, P, d]`` -> ``[..., B, d]``."""
+        return t[..., torch.arange(len(self.at), device=self.at.device), self.at, :]
+
     def rebase(self, blocks: list[Block], layout: GraphLayout, keep: torch.Tensor) -> SparseBase:
         """The same runs with the binary keep-mask ``keep`` (``[E]``)'s run as the base: masks that differ
         from ``keep`` in a few edges then compute only what those edges change. Costs one sparse forward
@@ -274,10 +278,9 @@ class SparseBase:
         delta = torch.where((st == BASE)[:, None, None, None], self.delta, 0.0)  # CORRUPTED senders: no delta
         changed = (st == CHANGED).nonzero().flatten()
         delta[changed] = run.store[run.row[0, changed]]
-        rows = torch.arange(len(self.at), device=self.at.device)
         around = BaseMask(layout.to_dense(keep[0]) > 0.5, st == CORRUPTED, plan.receivers[0] == CORRUPTED)
         qkv = [(tuple(q), c) for q, c in run.captured]
-        return replace(self, delta=delta, qkv=qkv, base_logits=logits, delta_at=delta[:, rows, self.at],
+        return replace(self, delta=delta, qkv=qkv, base_logits=logits, delta_at=self.at_answer(delta),
                        around=around)
 
 
@@ -379,8 +382,8 @@ class _Run:
         lay, b, a, layer = self.layout, self.base, block.adapter, block.layer
         s0, _ = lay.head_senders(layer)
         r0, r1 = lay.attn_receivers(layer)
-        K, H, B = self.changed.shape[0], lay.n_heads, len(b.at)
-        rows = torch.arange(B, device=b.at.device)
+        K, H = self.changed.shape[0], lay.n_heads
+        rows = torch.arange(len(b.at), device=b.at.device)  # with b.at: each example's answer position
         rstate = self.plan.receivers[:, r0:r1].view(K, H, 3)[pk, ph]  # [Nc, 3]
         based, corr = b.qkv[layer]
         qkv = [torch.where((rstate[:, c] == CORRUPTED)[None, :, None, None], corr[c][:, ph], based[c][:, ph])
@@ -392,12 +395,13 @@ class _Run:
         slots = ((0,), (1, 2)) if at_only else ((0, 1, 2),)
         for group in slots:  # receivers read at the same positions: one assembly, one projection
             at_q = at_only and group == (0,)
-            i, c = (changed & torch.isin(torch.arange(3, device=pk.device), torch.tensor(group, device=pk.device))).nonzero().unbind(1)
+            in_group = torch.tensor([slot in group for slot in range(3)], device=pk.device)
+            i, c = (changed & in_group).nonzero().unbind(1)
             if not len(i):
                 continue
             if at_q:
-                x = self.inputs(pk[i], r0 + 3 * ph[i] + c, n, b.resid_corr[layer][rows, b.at], b.delta_at,
-                                self.store[:, rows, b.at])[:, :, None]  # [M, B, 1, d]
+                x = self.inputs(pk[i], r0 + 3 * ph[i] + c, n, b.at_answer(b.resid_corr[layer]), b.delta_at,
+                                b.at_answer(self.store))[:, :, None]  # [M, B, 1, d]
             else:
                 x = self.inputs(pk[i], r0 + 3 * ph[i] + c, n, b.resid_corr[layer], b.delta, self.store)  # [M, B, P, d]
             y = a.project_heads(layer, block.receiver_norm(x), ph[i], c).transpose(0, 1)  # [B, M, P or 1, dh]
@@ -416,7 +420,7 @@ class _Run:
             mask = b.mask[rows, :, b.at][:, :, None]  # [B, 1, 1, P]
             ctx = a.attend(layer, *qkv, mask, q_pos=b.at[:, None])  # [B, Nc, 1, dh]
             out = torch.einsum("bne,ned->nbd", ctx[:, :, 0], W_O)
-            self.store[store_rows[:, None], rows, b.at] = out - b.z_corr[s0 + ph][:, rows, b.at]
+            self.store[store_rows[:, None], rows, b.at] = out - b.at_answer(b.z_corr[s0 + ph])
         else:
             ctx = a.attend(layer, *qkv, b.mask)  # [B, Nc, P, dh]
             self.store[store_rows] = torch.einsum("bnpe,ned->nbpd", ctx, W_O) - b.z_corr[s0 + ph]
@@ -427,7 +431,7 @@ class _Run:
         lay, b, layer = self.layout, self.base, block.layer
         s = lay.mlp_sender(layer)
         base = b.resid_corr[layer] if lay.parallel_attn_mlp else b.resid_corr[layer + 1] - b.z_corr[s]
-        rows = torch.arange(len(b.at), device=b.at.device)
+        rows = torch.arange(len(b.at), device=b.at.device)  # with b.at: where answer-position rows are stored
         n = lay.senders_before_mlp(layer)
         for at_only in (False, True):
             ks = (self.changed[:, s] & (self.full[:, s] != at_only)).nonzero().flatten()
@@ -435,8 +439,8 @@ class _Run:
                 continue
             r = torch.full_like(ks, lay.mlp_receiver(layer))
             if at_only:
-                x = self.inputs(ks, r, n, base[rows, b.at], b.delta_at, self.store[:, rows, b.at])  # [m, B, d]
-                out = block.mlp(x[:, :, None])[:, :, 0] - b.z_corr[s][rows, b.at]
+                x = self.inputs(ks, r, n, b.at_answer(base), b.delta_at, b.at_answer(self.store))  # [m, B, d]
+                out = block.mlp(x[:, :, None])[:, :, 0] - b.at_answer(b.z_corr[s])
                 self.store[self.row[ks, s][:, None], rows, b.at] = out
             else:
                 x = self.inputs(ks, r, n, base, b.delta, self.store)  # [m, B, P, d]
@@ -453,9 +457,8 @@ class _Run:
         out[state == CORRUPTED] = b.corrupted_logits
         ks = (state == CHANGED).nonzero().flatten()
         if len(ks):
-            store_at = self.store[:, torch.arange(B, device=b.at.device), b.at]  # [N, B, d]
             r = torch.full_like(ks, self.layout.logits_receiver)
-            x = self.inputs(ks, r, self.layout.n_senders, b.final_at, b.delta_at, store_at)  # [m, B, d]
+            x = self.inputs(ks, r, self.layout.n_senders, b.final_at, b.delta_at, b.at_answer(self.store))  # [m, B, d]
             out[ks] = adapter.unembed(x[:, :, None])
             stats.logits += len(ks)
         return out.view(K * B, 1, -1)
