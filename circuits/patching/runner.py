@@ -219,8 +219,7 @@ class PatchRunner:
                 keep = uniq[rows].to(self.tm.device)
                 logits = self.sparse_logits(p, keep, None if rebased is None else rebased[i]) if resume is None else None
                 if logits is None:
-                    logits = self.tm.run(p.batch.clean, p.batch.attention_mask, patch=Patch(keep, p.reference),
-                                         logit_positions=p.batch.answer_pos, resume=resume).logits
+                    logits = self.patched_logits(p, keep, resume)
                 for k, fn in fns.items():
                     values[k][rows, starts[i]:starts[i + 1]] = self.chunk_values(p, logits, len(rows), fn)
         if per_example:
@@ -240,14 +239,19 @@ class PatchRunner:
         if not bool(dense.any()):
             return sparse_logits(self.tm.blocks, self.layout, base, keep, self.sparse_stats, plan)
         out = p.clean_logits.new_empty(len(keep), *p.clean_logits.shape)  # [K, B, 1, V]
-        b = p.batch
-        out[dense] = self.tm.run(b.clean, b.attention_mask, patch=Patch(keep[dense], p.reference),
-                                 logit_positions=b.answer_pos).logits.view(-1, *p.clean_logits.shape)
+        out[dense] = self.patched_logits(p, keep[dense]).view(-1, *p.clean_logits.shape)
         if not bool(dense.all()):
             light = ~dense
             out[light] = sparse_logits(self.tm.blocks, self.layout, base, keep[light], self.sparse_stats,
                                        plan.select(light)).view(-1, *p.clean_logits.shape)
         return out.view(-1, *p.clean_logits.shape[1:])
+
+    def patched_logits(self, p: PreparedBatch, keep: torch.Tensor, resume: Prefix | None = None) -> torch.Tensor:
+        """Answer-position logits ``[K * B, 1, V]`` of keep-masks ``[K, E]`` from the general patched forward
+        (optionally resumed from a recorded prefix)."""
+        b = p.batch
+        return self.tm.run(b.clean, b.attention_mask, patch=Patch(keep, p.reference), logit_positions=b.answer_pos,
+                           resume=resume).logits
 
     def rebased(self, around: KeepMask) -> list[SparseBase] | None:
         """Every prepared batch's sparse base rebased on the binary circuit ``around`` ([E]); None where the
