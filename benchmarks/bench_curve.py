@@ -11,7 +11,8 @@ end on its first (cold) call; a warm curve (best of --repeats) split into clean 
 selection and patched evaluation; ratios to the bare forward; peak RSS. Then the sparse masked
 forward (circuits/runtime/sparse.py) against the general one on the same runner's recorded runs:
 the curve's masks (target <= 6x), one circuit of 1 % of the edges (target <= 0.3x), and a table of
-the cost of each curve mask against the number of nodes it makes CHANGED.
+the cost of each curve mask against the number of nodes it makes CHANGED. In that part every ratio
+divides by a bare forward timed in the same rounds (the machine's speed drifts over minutes).
 
     python benchmarks/bench_curve.py [--quick]
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import bare_forward, best_time, parser, peak_rss_mb, setup  # noqa: E402
+from common import bare_forward, best_time, interleaved_best, parser, peak_rss_mb, setup  # noqa: E402
 
 from circuits.evaluation import MIB_FRACTIONS, curve_masks, faithfulness_curve  # noqa: E402
 from circuits.patching import PatchRunner  # noqa: E402
@@ -84,11 +85,12 @@ def main() -> None:
           f"{rss_after:.0f} MB after the curves")
     print(f"curve ({curve.kind}): n_edges={curve.n_edges}")
     print(f"  f={[round(f, 3) for f in curve.faithfulness]}  CPR={curve.cpr:.4f}  CMD={curve.cmd:.4f}")
-    sparse_report(tm, g, b, args, t_bare)
+    sparse_report(tm, g, b, args, bare_forward(model, b))
 
 
-def sparse_report(tm, g, b, args, t_bare: float) -> None:
-    """Sparse vs general masked forward on one runner's recorded clean and corrupted runs."""
+def sparse_report(tm, g, b, args, bare) -> None:
+    """Sparse vs general masked forward on one runner's recorded clean and corrupted runs; every ratio's
+    bare forward (``bare``) is timed in the same rounds as what it divides (interleaved_best)."""
     E = g.n_edges
     sparse = PatchRunner(tm, [b], "logit_diff", batch_size=args.batch)
     general = PatchRunner(tm, [b], "logit_diff", batch_size=args.batch, sparse=False)
@@ -97,19 +99,24 @@ def sparse_report(tm, g, b, args, t_bare: float) -> None:
     one = curve_masks(g, [0.01], args.absolute)[0].float()
     print(f"sparse masked forward ({'on' if sparse.sparse else 'not available: general path'}), "
           "from the recorded clean and corrupted runs, best of --repeats:")
+
+    def timed(m: torch.Tensor) -> tuple[float, float, float]:
+        """Sparse and general evaluation of ``m`` and the bare forward, timed in the same rounds."""
+        t = interleaved_best({"bare": bare, "sparse": lambda: sparse.evaluate(m), "general": lambda: general.evaluate(m)},
+                             args.repeats)
+        return t["sparse"], t["general"], t["bare"]
+
     for name, m, target in (("MIB curve (10 fractions)", masks, "<= 6x"),
                             (f"one circuit of 1 % ({int(one.sum())} edges)", one, "<= 0.3x")):
-        t_s = best_time(lambda m=m: sparse.evaluate(m), args.repeats)
-        t_g = best_time(lambda m=m: general.evaluate(m), args.repeats)
+        t_s, t_g, t_bare = timed(m)
         print(f"  {name:34s} sparse {t_s * 1e3:8.1f} ms {t_s / t_bare:6.2f}x (target {target});  "
-              f"general {t_g * 1e3:8.1f} ms {t_g / t_bare:6.2f}x")
+              f"general {t_g * 1e3:8.1f} ms {t_g / t_bare:6.2f}x;  bare {t_bare * 1e3:8.1f} ms")
     changed = plan_states(g.layout, circuits).changed_nodes().tolist()
     n_nodes = g.layout.n_senders  # heads, MLPs and input (+ logits)
     print(f"  cost per mask vs CHANGED nodes (of {n_nodes} + logits), one mask per evaluate call:")
     print("    fraction  edges  changed   sparse ms  ratio   general ms  ratio")
     for f, m, c in zip(MIB_FRACTIONS, circuits, changed):
-        t_s = best_time(lambda m=m: sparse.evaluate(m), args.repeats)
-        t_g = best_time(lambda m=m: general.evaluate(m), args.repeats)
+        t_s, t_g, t_bare = timed(m)
         print(f"    {f:8.3f} {int(m.sum()):6d} {c:8d}   {t_s * 1e3:9.1f} {t_s / t_bare:6.2f}x "
               f"{t_g * 1e3:10.1f} {t_g / t_bare:6.2f}x")
     st = sparse.sparse_stats

@@ -10,6 +10,9 @@ d_model, never edges x ...).
 
     python benchmarks/bench_forward.py            # GPT-2-small shape, batch 8 x 32
     python benchmarks/bench_forward.py --family mixtral   # a ~100M random config of that family
+
+Each time is the best of --repeats rounds that run every variant once, the bare forward included,
+so that each ratio compares runs taken seconds apart.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import BENCH_FAMILIES, bare_forward, best_time, family_model, parser, peak_rss_mb, random_batch  # noqa: E402
+from common import BENCH_FAMILIES, bare_forward, family_model, interleaved_best, parser, peak_rss_mb, random_batch  # noqa: E402
 
 from circuits import Patch, TracedModel  # noqa: E402
 from circuits.runtime.sparse import SparseBase, SparseStats, sparse_logits  # noqa: E402
@@ -62,12 +65,12 @@ def main() -> None:
     def sparse():
         return sparse_logits(tm.blocks, g, base, mask, stats)
 
-    t_bare = best_time(bare_forward(model, b), args.repeats)
     rss0 = peak_rss_mb()
-    t_traced = best_time(traced, args.repeats)
-    t_patched = best_time(patched, args.repeats)
-    t_patched_at = best_time(patched_at, args.repeats)
-    t_sparse = best_time(sparse, args.repeats)
+    # every ratio's two parts are timed in the same rounds (interleaved_best): the machine's speed drifts
+    t = interleaved_best({"bare": bare_forward(model, b), "traced": traced, "patched": patched,
+                          "patched_at": patched_at, "sparse": sparse}, args.repeats)
+    t_bare, t_traced, t_patched, t_patched_at, t_sparse = (t[k] for k in ("bare", "traced", "patched", "patched_at",
+                                                                          "sparse"))
     rss1 = peak_rss_mb()
     S, d = g.n_senders, model.config.hidden_size
     node_mb = S * args.batch * args.tokens * d * 4 / 2**20

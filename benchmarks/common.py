@@ -94,6 +94,21 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
+def interleaved_best(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Seconds of the fastest run of each function, timed in rounds that run every function once
+    (after one warm-up round). A ratio of two of them then compares runs taken minutes apart at
+    most a round apart: this machine's speed drifts by up to 1.8x over minutes even when idle."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
+
+
 def proc_status_bytes(field: str) -> int:
     """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in bytes (Linux)."""
     with open("/proc/self/status", encoding="ascii") as f:

@@ -53,6 +53,8 @@ class RunState:
         self.buffered = W is not None and not torch.is_grad_enabled() and not self.post
         self.attn_layers: dict[int, AttnLayer] = {}  # post-norm: layer -> its pre-norm sum and deltas
         self.sender_deltas: dict[int, torch.Tensor] = {}  # post-norm: non-attention sender -> delta
+        # (layer, residual its attention read, MLP input over the senders before that attention): see qkv
+        self.mlp_partial: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ writes (senders)
     def emit(self, s0: int, s1: int, z: torch.Tensor) -> torch.Tensor:
@@ -125,6 +127,10 @@ class RunState:
             split = self._split_qkv(block, x, r0, r1, n)
             if split is not None:  # few receivers read their own input: shared projections + those few
                 return split
+            if bool(self.W[:, :n, r0:r1].any()):  # each receiver its own input; the MLP's (receiver r1) from
+                x_all = self._buffered_input(x, self.W[:, :n, r0:r1 + 1])  # the same pass over the buffer
+                self.mlp_partial = (layer, x, x_all[-1])
+                return self._project_own(block, x_all[:-1])
         x_attn = self.receiver_input(x, r0, r1, n, shared_probe=self.adapter.linear_qkv)
         if x_attn is None:  # every q/k/v input is the shared residual
             h = block.attn_norm(x)
@@ -132,10 +138,18 @@ class RunState:
             if self.on_grad is not None and x.requires_grad:
                 self._probe_shared_qkv(block, x, (q, k, v), n)
             return q, k, v
-        h = lay.per_head_qkv(in_memory_order(block.receiver_norm, x_attn))  # [H, 3, B', P, d]: each receiver its own input
-        return self.adapter.project_qkv(layer, h[:, 0], h[:, 1], h[:, 2])
+        return self._project_own(block, x_attn)
+
+    def _project_own(self, block, x_attn: torch.Tensor):
+        """q, k, v of a layer whose 3H receivers each read their own input ``x_attn`` [3H, B', P, d]."""
+        h = self.layout.per_head_qkv(in_memory_order(block.receiver_norm, x_attn))  # [H, 3, B', P, d]
+        return self.adapter.project_qkv(block.layer, h[:, 0], h[:, 1], h[:, 2])
 
     def mlp_input(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        if self.mlp_partial is not None and self.mlp_partial[0] == layer:
+            _, before, partial = self.mlp_partial
+            self.mlp_partial = None
+            return self._finish_mlp_input(layer, x, before, partial)
         r = self.layout.mlp_receiver(layer)
         x_in = self.receiver_input(x, r, r + 1, self.layout.senders_before_mlp(layer))
         return x if x_in is None else x_in[0]
@@ -182,6 +196,27 @@ class RunState:
             cb, senders, idx = self.on_grad, slice(0, n_senders), torch.arange(r0, r1, device=resid.device)
             x.register_hook(lambda grad: cb(idx, senders, grad))
         return x
+
+    def _finish_mlp_input(self, layer: int, x: torch.Tensor, before: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
+        """The MLP receiver's input ``[B', P, d]`` from ``partial``, its input as far as the senders before the
+        layer's attention go (computed with the q/k/v inputs from ``before``, the residual the attention
+        read): add what the attention added (``x - before``) and take off the layer's own heads' weighted
+        deltas (sequential blocks; a parallel block's MLP reads exactly those senders)."""
+        lay = self.layout
+        n0, n1 = lay.senders_before_attn(layer), lay.senders_before_mlp(layer)
+        if n1 == n0:
+            return partial
+        x_in = partial + (x - before)
+        Wh = self.W[:, n0:n1, lay.mlp_receiver(layer)]  # [K, H]
+        if bool(Wh.any()):
+            z = self._senders(n0, n1)  # [H, K, B, P, d] (a layer's own heads are never shared)
+            ref = Wh @ self.reference[n0:n1].to(z.dtype).flatten(1)  # [K, Bc*Pc*d]: the reference's share
+            x_in = x_in.view(self.K, self.B, *x.shape[1:])
+            for k in range(self.K):  # masks, not edges: one [1, H] x [H, B*P*d] product each
+                lost = (Wh[k:k + 1] @ z[:, k].flatten(1)).view(self.B, *x.shape[1:])
+                x_in[k] -= lost - ref[k].view(self.reference.shape[1:])
+            x_in = x_in.view_as(x)
+        return x_in
 
     # ------------------------------------------------------------------ post-norm families
     def _post_norm_input(self, resid: torch.Tensor, r0: int, r1: int, n: int) -> torch.Tensor | None:
