@@ -42,6 +42,17 @@ class AttnWeights:
     b_O: torch.Tensor | None
 
 
+@dataclass(frozen=True)
+class RmsFold:
+    """An RMSNorm ``x * scale * weight`` (``scale = rsqrt(|x|²/d + eps)`` per row) left for the projection that
+    follows it to apply: ``weight`` [d] multiplies the projection's weights and ``scale`` (``x``'s shape with
+    a last dim of 1) its output, before the bias. A linear map commutes with both, so the result is the
+    projection of the normalised input, and the normalised input is never written out."""
+
+    weight: torch.Tensor
+    scale: torch.Tensor
+
+
 class Adapter:
     """Residual-stream view of a causal LM. Subclasses implement the accessors."""
 
@@ -174,18 +185,22 @@ class Adapter:
         return None
 
     def project_qkv(
-        self, layer: int, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor
+        self, layer: int, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor,
+        folds: tuple[RmsFold, RmsFold, RmsFold] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalised residual(s) -> q, k, v, each ``[B, H, P, dh]`` (k, v per *query* head).
 
         Each input is either shared ``[B, P, d]`` or per query head ``[H, B, P, d]``.
         With GQA, a query head's k/v input is projected by its group's ``W_K``/``W_V``,
-        indexed by a grouped view rather than materialised per head.
+        indexed by a grouped view rather than materialised per head. With ``folds`` (only where
+        :attr:`folds_input_norm`), the inputs are not yet normalised: each one's RMSNorm is applied by
+        its projection (:class:`RmsFold`).
         """
         w = self.attn_weights(layer)
-        q = head_projection(xq, w.W_Q, w.b_Q)
-        k = head_projection(xk, w.W_K, w.b_K)
-        v = head_projection(xv, w.W_V, w.b_V)
+        fq, fk, fv = folds or (None, None, None)
+        q = head_projection(xq, w.W_Q, w.b_Q, fq)
+        k = head_projection(xk, w.W_K, w.b_K, fk)
+        v = head_projection(xv, w.W_V, w.b_V, fv)
         return q, k, v
 
     def query_head_qkv(
@@ -268,6 +283,9 @@ class Adapter:
     #: declaration on the adapter's own class counts: a subclass (e.g. a post-norm family built on
     #: Llama) uses the general path until it declares this itself.
     additive_residual: bool = False
+    #: :meth:`project_qkv` accepts ``folds`` (a family whose q/k/v are not per-head projections of the
+    #: normalised input, e.g. OLMoE's full-width q/k norms, says False)
+    folds_input_norm: bool = True
     #: the attention norm is Llama's RMSNorm, ``weight * x * rsqrt(mean(x²) + variance_epsilon)`` in float32:
     #: many receivers' own inputs are then normalised by :func:`~circuits.runtime.block.receiver_norm`
     #: in fewer passes (a module without ``variance_epsilon``, e.g. Gemma's or OLMo-2's, is used as it is)
@@ -285,15 +303,22 @@ def _get_path(obj: Any, path: str) -> Any:
     return obj
 
 
-def head_projection(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """Project shared ``[B, P, d]`` or per-head ``[H, B, P, d]`` inputs with ``W`` [Hw, d, dh].
+def head_projection(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, fold: RmsFold | None = None
+                    ) -> torch.Tensor:
+    """Project shared ``[B, P, d]`` or per-head ``[H, B, P, d]`` inputs with ``W`` [Hw, d, dh] (after the
+    RMSNorm ``fold`` when given: ``fold.scale`` is ``[B, P, 1]`` or ``[H, B, P, 1]`` like ``x``).
 
     Returns ``[B, H, P, dh]`` where H is the number of query heads (``x.shape[0]`` when
     per-head, else ``Hw``; for shared GQA k/v the caller repeats groups).
     """
     Hw, d, dh = W.shape
+    if fold is not None:  # a copy of W (d x Hw*dh), far smaller than x
+        W = W * fold.weight[None, :, None]
     if x.dim() == 3:  # shared input: one matmul for all heads
-        out = (x @ W.permute(1, 0, 2).reshape(d, Hw * dh)).view(*x.shape[:2], Hw, dh).transpose(1, 2)
+        out = x @ W.permute(1, 0, 2).reshape(d, Hw * dh)
+        if fold is not None:
+            out = out * fold.scale
+        out = out.view(*x.shape[:2], Hw, dh).transpose(1, 2)
         if b is not None:
             out = out + b[None, :, None, :]
         return out
@@ -302,6 +327,8 @@ def head_projection(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) ->
         group = torch.arange(H, device=W.device) // (H // Hw)
         W, b = W[group], None if b is None else b[group]  # [H, d, dh]: a per-call index, far smaller than x
     out = torch.bmm(x.reshape(H, B * P, d), W)  # one batched matmul; a strided x is read in place
+    if fold is not None:
+        out = out * fold.scale.reshape(H, B * P, 1)
     if b is not None:
         out = out + b[:, None, :]
     return out.view(H, B, P, dh).transpose(0, 1)

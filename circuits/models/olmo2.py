@@ -31,6 +31,7 @@ class FullWidthQKNorm:
     """
 
     linear_qkv = False
+    folds_input_norm = False  # q/k are full-width projections, normalised over all heads
     #: the model clamps q, k and v to ``±config.clip_qkv`` after the norms (OLMoE; OLMo-2 does not)
     clips_qkv: bool = False
 

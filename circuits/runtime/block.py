@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..models.base import Adapter
+from ..models.base import Adapter, RmsFold
 
 Rotary = Any
 """What :meth:`Adapter.rotary` returns: ``(cos, sin)`` each ``[B', P, rot_dim]``, one such pair per layer
@@ -139,22 +139,38 @@ class Block:
 
 
 def receiver_norm(norm: nn.Module, llama_rms: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The attention norm as applied to many receivers' own inputs (``[..., d]``; rows are independent).
-
-    With ``llama_rms`` (:attr:`Adapter.llama_rms_norm`) and a module holding ``weight`` and
-    ``variance_epsilon``, float32 inputs are normalised as ``x * rsqrt(|x|²/d + eps) * weight`` in three
-    passes over ``x`` (one reduction, two products) instead of the module's five; anything else (and
-    anything under autograd) goes through the module itself. The result equals the module's up to
-    float rounding.
-    """
+    """The attention norm as applied to many receivers' own inputs (``[..., d]``; rows are independent):
+    a :class:`ReceiverRms` where ``llama_rms`` (:attr:`Adapter.llama_rms_norm`) and the module holds
+    ``weight`` and ``variance_epsilon``, else the module itself."""
     eps, weight = getattr(norm, "variance_epsilon", None), getattr(norm, "weight", None)
     if not llama_rms or not isinstance(eps, float) or weight is None:
         return norm
+    return ReceiverRms(norm, weight, eps)
 
-    def rms(x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_grad_enabled():
-            return norm(x)
-        scale = torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() / x.shape[-1] + eps)
-        return torch.mul(x, scale).mul_(weight)
 
-    return rms
+class ReceiverRms:
+    """Llama's RMSNorm ``x * rsqrt(|x|²/d + eps) * weight`` for many receivers' float32 inputs: three passes
+    over ``x`` (one reduction, two products) instead of the module's five, or, through :meth:`fold`, one
+    (the reduction; the projection that follows applies the rest). Anything else (and anything under
+    autograd) goes through the module itself. Results equal the module's up to float rounding."""
+
+    def __init__(self, norm: nn.Module, weight: torch.Tensor, eps: float) -> None:
+        self.norm, self.weight, self.eps = norm, weight, eps
+
+    def applies(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` takes the fast path (float32 input and weight, no autograd)."""
+        return x.dtype == torch.float32 and self.weight.dtype == torch.float32 and not torch.is_grad_enabled()
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """``rsqrt(|x|²/d + eps)`` per row: ``[..., d]`` -> ``[..., 1]``."""
+        return torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() / x.shape[-1] + self.eps)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.applies(x):
+            return self.norm(x)
+        return torch.mul(x, self.scale(x)).mul_(self.weight)
+
+    def fold(self, x: torch.Tensor) -> RmsFold | None:
+        """The norm of ``x`` as an :class:`~circuits.models.base.RmsFold` for its projection, or None
+        off the fast path."""
+        return RmsFold(self.weight, self.scale(x)) if self.applies(x) else None
