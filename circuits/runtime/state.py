@@ -161,11 +161,21 @@ class RunState:
         x_in = self.receiver_input(x, r, r + 1, self.layout.senders_before_mlp(layer))
         return x if x_in is None else x_in[0]
 
-    def logits_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The logits receiver's input from the final residual ``x``."""
-        r = self.layout.logits_receiver
-        x_in = self.receiver_input(x, r, r + 1, self.layout.n_senders)
-        return x if x_in is None else x_in[0]
+    def logits_input(self, x: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits receiver's input ``[B', P, d]`` from the final residual ``x``; with ``at`` (``[B']``
+        positions) only there: ``[B', 1, d]``."""
+        r, S = self.layout.logits_receiver, self.layout.n_senders
+        if at is not None and self.buffered and bool(self.W[:, :, r].any()):
+            # the answer rows of the residual and of the delta buffer only: P times less to read
+            Bp, P, d = x.shape
+            rows = torch.arange(Bp, device=x.device) * P + at  # rows of [B'*P, ...]
+            resid = x.reshape(Bp * P, d)[rows]  # [B', d]
+            buf = self.buffer.view(Bp * P, S, d)[rows]  # [B', S, d]
+            w = self.W[:, :, r].repeat_interleave(self.B, 0)[:, None]  # [B', 1, S]: each row its mask's weights
+            return torch.baddbmm(resid[:, None], w, buf, alpha=-1)  # [B', 1, d]
+        x_in = self.receiver_input(x, r, r + 1, S)
+        x_in = x if x_in is None else x_in[0]
+        return x_in if at is None else x_in[torch.arange(len(at), device=at.device), at][:, None]
 
     def receiver_input(self, resid: torch.Tensor, r0: int, r1: int, n_senders: int,
                        shared_probe: bool = False) -> torch.Tensor | None:

@@ -172,9 +172,7 @@ class TracedModel(nn.Module):
             resid = self.blocks[layer].forward(resid, io, rot, mask, at if (tail and last) else None)
         if resids is not None:
             resids.append(resid)
-        final = state.logits_input(resid)
-        if at is not None and not tail:
-            final = Block.rows_at(final, at)  # [B', 1, d]
+        final = state.logits_input(resid, None if tail else at)  # [B', 1, d] with logit_positions
         logits = self.adapter.unembed(final)
         return RunOutput(logits, state.recorded() if record else None, state.leaves, resids)
 
