@@ -16,7 +16,7 @@ parallel residual, sliding windows), which subclasses provide through the access
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -43,14 +43,21 @@ class AttnWeights:
 
 
 @dataclass(frozen=True)
-class RmsFold:
-    """An RMSNorm ``x * scale * weight`` (``scale = rsqrt(|x|²/d + eps)`` per row) left for the projection that
-    follows it to apply: ``weight`` [d] multiplies the projection's weights and ``scale`` (``x``'s shape with
-    a last dim of 1) its output, before the bias. A linear map commutes with both, so the result is the
+class NormFold:
+    """A norm ``(x - mean) * scale * weight + bias`` (per row ``mean`` and ``scale``; RMSNorm has no
+    ``mean`` and no ``bias``) left for the projection that follows it to apply: ``weight`` [d] multiplies
+    the projection's weights, ``scale`` and ``mean`` (``x``'s shape with a last dim of 1) act on its
+    output, ``bias`` [d] joins its bias. A linear map commutes with all of them, so the result is the
     projection of the normalised input, and the normalised input is never written out."""
 
     weight: torch.Tensor
     scale: torch.Tensor
+    mean: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+
+    def rows(self, index: int) -> NormFold:
+        """The fold of the inputs ``x[:, index]`` (for ``x`` [H, 3, ...]: one of q, k, v)."""
+        return replace(self, scale=self.scale[:, index], mean=None if self.mean is None else self.mean[:, index])
 
 
 class Adapter:
@@ -186,15 +193,15 @@ class Adapter:
 
     def project_qkv(
         self, layer: int, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor,
-        folds: tuple[RmsFold, RmsFold, RmsFold] | None = None,
+        folds: tuple[NormFold, NormFold, NormFold] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalised residual(s) -> q, k, v, each ``[B, H, P, dh]`` (k, v per *query* head).
 
         Each input is either shared ``[B, P, d]`` or per query head ``[H, B, P, d]``.
         With GQA, a query head's k/v input is projected by its group's ``W_K``/``W_V``,
         indexed by a grouped view rather than materialised per head. With ``folds`` (only where
-        :attr:`folds_input_norm`), the inputs are not yet normalised: each one's RMSNorm is applied by
-        its projection (:class:`RmsFold`).
+        :attr:`folds_input_norm`), the inputs are not yet normalised: each one's norm is applied by its
+        projection (:class:`NormFold`).
         """
         w = self.attn_weights(layer)
         fq, fk, fv = folds or (None, None, None)
@@ -303,20 +310,27 @@ def _get_path(obj: Any, path: str) -> Any:
     return obj
 
 
-def head_projection(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, fold: RmsFold | None = None
+def head_projection(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, fold: NormFold | None = None
                     ) -> torch.Tensor:
     """Project shared ``[B, P, d]`` or per-head ``[H, B, P, d]`` inputs with ``W`` [Hw, d, dh] (after the
-    RMSNorm ``fold`` when given: ``fold.scale`` is ``[B, P, 1]`` or ``[H, B, P, 1]`` like ``x``).
+    norm ``fold`` when given: its ``scale`` and ``mean`` are ``[B, P, 1]`` or ``[H, B, P, 1]`` like ``x``).
 
     Returns ``[B, H, P, dh]`` where H is the number of query heads (``x.shape[0]`` when
     per-head, else ``Hw``; for shared GQA k/v the caller repeats groups).
     """
     Hw, d, dh = W.shape
-    if fold is not None:  # a copy of W (d x Hw*dh), far smaller than x
+    col = None  # the projection of a constant row of ones, what a row's mean contributes per unit: [Hw, dh]
+    if fold is not None:  # copies of W (d x Hw*dh) and small vectors, far smaller than x
+        if fold.bias is not None:  # the norm's bias through the projection joins its bias
+            fb = torch.einsum("d,hde->he", fold.bias, W)
+            b = fb if b is None else b + fb
         W = W * fold.weight[None, :, None]
+        col = None if fold.mean is None else W.sum(1)
     if x.dim() == 3:  # shared input: one matmul for all heads
         out = x @ W.permute(1, 0, 2).reshape(d, Hw * dh)
         if fold is not None:
+            if col is not None:
+                out = out - fold.mean * col.reshape(Hw * dh)
             out = out * fold.scale
         out = out.view(*x.shape[:2], Hw, dh).transpose(1, 2)
         if b is not None:
@@ -326,9 +340,12 @@ def head_projection(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, fo
     if H != Hw:  # GQA: query head h = g * rep + r reads kv head g (the grouping repeat_kv uses)
         group = torch.arange(H, device=W.device) // (H // Hw)
         W, b = W[group], None if b is None else b[group]  # [H, d, dh]: a per-call index, far smaller than x
+        col = None if col is None else col[group]
     out = torch.bmm(x.reshape(H, B * P, d), W)  # one batched matmul; a strided x is read in place
     if fold is not None:
-        out = out * fold.scale.reshape(H, B * P, 1)
+        if col is not None:
+            out = out.sub_(fold.mean.reshape(H, B * P, 1) * col[:, None, :])
+        out = out.mul_(fold.scale.reshape(H, B * P, 1))
     if b is not None:
         out = out + b[:, None, :]
     return out.view(H, B, P, dh).transpose(0, 1)

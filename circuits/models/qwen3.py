@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import RmsFold
+from .base import NormFold
 from .llama import LlamaAdapter
 
 
@@ -20,7 +20,7 @@ class PerHeadQKNorm:
     linear_qkv = False
 
     def project_qkv(self, layer: int, xq: torch.Tensor, xk: torch.Tensor, xv: torch.Tensor,
-                    folds: tuple[RmsFold, RmsFold, RmsFold] | None = None):
+                    folds: tuple[NormFold, NormFold, NormFold] | None = None):
         q, k, v = super().project_qkv(layer, xq, xk, xv, folds)  # [B, H(kv), P, dh]
         attn = self.block(layer).self_attn
         return attn.q_norm(q), attn.k_norm(k), v

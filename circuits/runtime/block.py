@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..models.base import Adapter, RmsFold
+from ..models.base import Adapter, NormFold
 
 Rotary = Any
 """What :meth:`Adapter.rotary` returns: ``(cos, sin)`` each ``[B', P, rot_dim]``, one such pair per layer
@@ -140,37 +140,47 @@ class Block:
 
 def receiver_norm(norm: nn.Module, llama_rms: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """The attention norm as applied to many receivers' own inputs (``[..., d]``; rows are independent):
-    a :class:`ReceiverRms` where ``llama_rms`` (:attr:`Adapter.llama_rms_norm`) and the module holds
-    ``weight`` and ``variance_epsilon``, else the module itself."""
-    eps, weight = getattr(norm, "variance_epsilon", None), getattr(norm, "weight", None)
-    if not llama_rms or not isinstance(eps, float) or weight is None:
-        return norm
-    return ReceiverRms(norm, weight, eps)
+    a :class:`ReceiverNorm` for Llama's RMSNorm (``llama_rms``, :attr:`Adapter.llama_rms_norm`, and a module
+    holding ``weight`` and ``variance_epsilon``) and for ``nn.LayerNorm`` with weights, else the module."""
+    weight = getattr(norm, "weight", None)
+    if isinstance(norm, nn.LayerNorm) and weight is not None and len(norm.normalized_shape) == 1:
+        return ReceiverNorm(norm, weight, float(norm.eps), norm.bias)
+    eps = getattr(norm, "variance_epsilon", None)
+    if llama_rms and isinstance(eps, float) and weight is not None:
+        return ReceiverNorm(norm, weight, eps)
+    return norm
 
 
-class ReceiverRms:
-    """Llama's RMSNorm ``x * rsqrt(|x|²/d + eps) * weight`` for many receivers' float32 inputs: three passes
-    over ``x`` (one reduction, two products) instead of the module's five, or, through :meth:`fold`, one
-    (the reduction; the projection that follows applies the rest). Anything else (and anything under
-    autograd) goes through the module itself. Results equal the module's up to float rounding."""
+class ReceiverNorm:
+    """A LayerNorm (``bias`` may be None) or Llama's RMSNorm (``rms``) for many receivers' float32 inputs.
 
-    def __init__(self, norm: nn.Module, weight: torch.Tensor, eps: float) -> None:
-        self.norm, self.weight, self.eps = norm, weight, eps
+    Called, it normalises (an RMSNorm in three passes over ``x``, one reduction and two products, instead
+    of the module's five; a LayerNorm through its module). Through :meth:`fold` it costs one pass (the
+    reduction) and the projection that follows applies the rest. Anything else (and anything under
+    autograd) goes through the module itself. Results equal the module's up to float rounding.
+    """
+
+    def __init__(self, norm: nn.Module, weight: torch.Tensor, eps: float, bias: torch.Tensor | None = None) -> None:
+        self.norm, self.weight, self.eps, self.bias = norm, weight, eps, bias
+        self.rms = not isinstance(norm, nn.LayerNorm)
 
     def applies(self, x: torch.Tensor) -> bool:
         """Whether ``x`` takes the fast path (float32 input and weight, no autograd)."""
         return x.dtype == torch.float32 and self.weight.dtype == torch.float32 and not torch.is_grad_enabled()
 
-    def scale(self, x: torch.Tensor) -> torch.Tensor:
-        """``rsqrt(|x|²/d + eps)`` per row: ``[..., d]`` -> ``[..., 1]``."""
-        return torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() / x.shape[-1] + self.eps)
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.applies(x):
+        if not self.rms or not self.applies(x):
             return self.norm(x)
-        return torch.mul(x, self.scale(x)).mul_(self.weight)
+        scale = torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() / x.shape[-1] + self.eps)
+        return torch.mul(x, scale).mul_(self.weight)
 
-    def fold(self, x: torch.Tensor) -> RmsFold | None:
-        """The norm of ``x`` as an :class:`~circuits.models.base.RmsFold` for its projection, or None
-        off the fast path."""
-        return RmsFold(self.weight, self.scale(x)) if self.applies(x) else None
+    def fold(self, x: torch.Tensor) -> NormFold | None:
+        """The norm of ``x`` [..., d] as a :class:`~circuits.models.base.NormFold` for its projection (per-row
+        statistics ``[..., 1]``), or None off the fast path."""
+        if not self.applies(x):
+            return None
+        if self.rms:
+            scale = torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() / x.shape[-1] + self.eps)
+            return NormFold(self.weight, scale)
+        var, mean = torch.var_mean(x, dim=-1, correction=0, keepdim=True)
+        return NormFold(self.weight, torch.rsqrt(var + self.eps), mean, self.bias)

@@ -12,12 +12,13 @@ H query heads, dh head width.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
 from ..graph import GraphLayout, PatchWeights
-from ..models.base import Adapter, RmsFold
-from .block import ReceiverRms
+from ..models.base import Adapter
+from .block import ReceiverNorm
 from .postnorm import AttnLayer, post_norm_input
 
 GradCallback = Callable[[torch.Tensor, slice, torch.Tensor], None]
@@ -144,10 +145,12 @@ class RunState:
     def _project_own(self, block, x_attn: torch.Tensor):
         """q, k, v of a layer whose 3H receivers each read their own input ``x_attn`` [3H, B', P, d]."""
         lay, norm = self.layout, block.receiver_norm
-        fold = norm.fold(x_attn) if isinstance(norm, ReceiverRms) and self.adapter.folds_input_norm else None
+        fold = norm.fold(x_attn) if isinstance(norm, ReceiverNorm) and self.adapter.folds_input_norm else None
         if fold is not None:  # the projections normalise: the 3H normalised inputs are never written
-            x, scale = lay.per_head_qkv(x_attn), lay.per_head_qkv(fold.scale)  # [H, 3, B', P, d | 1]
-            folds = tuple(RmsFold(fold.weight, scale[:, c]) for c in range(3))
+            x = lay.per_head_qkv(x_attn)  # [H, 3, B', P, d]
+            per_head = replace(fold, scale=lay.per_head_qkv(fold.scale),
+                               mean=None if fold.mean is None else lay.per_head_qkv(fold.mean))
+            folds = tuple(per_head.rows(c) for c in range(3))
             return self.adapter.project_qkv(block.layer, x[:, 0], x[:, 1], x[:, 2], folds)
         h = lay.per_head_qkv(in_memory_order(norm, x_attn))  # [H, 3, B', P, d]
         return self.adapter.project_qkv(block.layer, h[:, 0], h[:, 1], h[:, 2])
