@@ -55,8 +55,10 @@ class RunState:
         self.buffered = W is not None and not torch.is_grad_enabled() and not self.post
         self.attn_layers: dict[int, AttnLayer] = {}  # post-norm: layer -> its pre-norm sum and deltas
         self.sender_deltas: dict[int, torch.Tensor] = {}  # post-norm: non-attention sender -> delta
-        # (layer, residual its attention read, MLP input over the senders before that attention): see qkv
-        self.mlp_partial: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self.total: torch.Tensor | None = None  # buffered: [K, B*P, d] the sum of every delta written so far
+        # (layer, residual its attention read, MLP inputs over the senders before that attention [m*B, P, d],
+        # the m masks they are of): what the q/k/v inputs' pass over the buffer also computed (see qkv)
+        self.mlp_partial: tuple[int, torch.Tensor, torch.Tensor, list[int]] | None = None
 
     # ------------------------------------------------------------------ writes (senders)
     def emit(self, s0: int, s1: int, z: torch.Tensor) -> torch.Tensor:
@@ -93,6 +95,9 @@ class RunState:
             out.copy_((z.permute(1, 2, 0, 3) - zc)[None])  # one recorded run shared by the K masks: broadcast over K
         else:
             torch.sub(z.view(n, K, B, P, d).permute(1, 2, 3, 0, 4), zc[None], out=out)
+        # Σ_s Δ_s so far (what a receiver with every edge removed loses), from the new senders only
+        new = out.sum(3).view(K, B * P, d)
+        self.total = new if self.total is None else self.total.add_(new)
 
     def _buffered_input(self, resid: torch.Tensor, Wl: torch.Tensor, masks: slice = slice(None)) -> torch.Tensor:
         """``resid - Σ_s w_sr Δ_s`` for the receivers of ``Wl`` [K, n, R] (senders ``0..n-1``; the K masks
@@ -131,7 +136,7 @@ class RunState:
                 return split
             if bool(self.W[:, :n, r0:r1].any()):  # each receiver its own input; the MLP's (receiver r1) from
                 x_all = self._buffered_input(x, self.W[:, :n, r0:r1 + 1])  # the same pass over the buffer
-                self.mlp_partial = (layer, x, x_all[-1])
+                self.mlp_partial = (layer, x, x_all[-1], list(range(self.K)))
                 return self._project_own(block, x_all[:-1])
         x_attn = self.receiver_input(x, r0, r1, n, shared_probe=self.adapter.linear_qkv)
         if x_attn is None:  # every q/k/v input is the shared residual
@@ -156,10 +161,9 @@ class RunState:
         return self.adapter.project_qkv(block.layer, h[:, 0], h[:, 1], h[:, 2])
 
     def mlp_input(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        if self.mlp_partial is not None and self.mlp_partial[0] == layer:
-            _, before, partial = self.mlp_partial
-            self.mlp_partial = None
-            return self._finish_mlp_input(layer, x, before, partial)
+        part, self.mlp_partial = self.mlp_partial, None
+        if part is not None and part[0] == layer:
+            return self._finish_mlp_input(layer, x, *part[1:])
         r = self.layout.mlp_receiver(layer)
         x_in = self.receiver_input(x, r, r + 1, self.layout.senders_before_mlp(layer))
         return x if x_in is None else x_in[0]
@@ -217,26 +221,38 @@ class RunState:
             x.register_hook(lambda grad: cb(idx, senders, grad))
         return x
 
-    def _finish_mlp_input(self, layer: int, x: torch.Tensor, before: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
-        """The MLP receiver's input ``[B', P, d]`` from ``partial``, its input as far as the senders before the
-        layer's attention go (computed with the q/k/v inputs from ``before``, the residual the attention
-        read): add what the attention added (``x - before``) and take off the layer's own heads' weighted
-        deltas (sequential blocks; a parallel block's MLP reads exactly those senders)."""
-        lay = self.layout
-        n0, n1 = lay.senders_before_attn(layer), lay.senders_before_mlp(layer)
-        if n1 == n0:
+    def _finish_mlp_input(self, layer: int, x: torch.Tensor, before: torch.Tensor, partial: torch.Tensor,
+                          masks: list[int]) -> torch.Tensor:
+        """The MLP receiver's input ``[B', P, d]``. For the masks ``masks``, from ``partial`` (their inputs as far
+        as the senders before the layer's attention go, computed with the q/k/v inputs from ``before``, the
+        residual the attention read): add what the attention added (``x - before``) and take off the layer's
+        own heads' weighted deltas (sequential blocks; a parallel block's MLP reads exactly those senders).
+        The other masks' inputs are assembled from the buffer as usual."""
+        lay, B = self.layout, self.B
+        r, n0, n1 = lay.mlp_receiver(layer), lay.senders_before_attn(layer), lay.senders_before_mlp(layer)
+        if n1 == n0 and len(masks) == self.K:
             return partial
-        x_in = partial + (x - before)
-        Wh = self.W[:, n0:n1, lay.mlp_receiver(layer)]  # [K, H]
-        if bool(Wh.any()):
-            z = self._senders(n0, n1)  # [H, K, B, P, d] (a layer's own heads are never shared)
-            ref = Wh @ self.reference[n0:n1].to(z.dtype).flatten(1)  # [K, Bc*Pc*d]: the reference's share
-            x_in = x_in.view(self.K, self.B, *x.shape[1:])
-            for k in range(self.K):  # masks, not edges: one [1, H] x [H, B*P*d] product each
-                lost = (Wh[k:k + 1] @ z[:, k].flatten(1)).view(self.B, *x.shape[1:])
-                x_in[k] -= lost - ref[k].view(self.reference.shape[1:])
-            x_in = x_in.view_as(x)
-        return x_in
+        out = torch.empty_like(x)
+        have = {k: i for i, k in enumerate(masks)}
+        z = self._senders(n0, n1) if n1 > n0 else None  # [H, K, B, P, d] (a layer's own heads are never shared)
+        ref = self.reference[n0:n1].to(x.dtype)
+        for k in range(self.K):  # masks, not edges
+            rows = slice(k * B, (k + 1) * B)
+            if k in have:
+                i = have[k]
+                o = partial[i * B:(i + 1) * B]
+                if n1 > n0:
+                    o = o + (x[rows] - before[rows])
+                    w = self.W[k:k + 1, n0:n1, r]  # [1, H]
+                    if bool(w.any()):  # one [1, H] x [H, B*P*d] product, minus the reference's share
+                        lost = (w @ z[:, k].flatten(1)).view(B, *x.shape[1:]) - (w @ ref.flatten(1)).view(ref.shape[1:])
+                        o = o - lost
+                out[rows] = o
+            elif bool(self.W[k, :n1, r].any()):
+                out[rows] = self._buffered_input(x[rows], self.W[k:k + 1, :n1, r:r + 1], slice(k, k + 1))[0]
+            else:
+                out[rows] = x[rows]
+        return out
 
     # ------------------------------------------------------------------ post-norm families
     def _post_norm_input(self, resid: torch.Tensor, r0: int, r1: int, n: int) -> torch.Tensor | None:
@@ -307,19 +323,28 @@ class RunState:
         out = shared(resid)  # [B', H, P, dh] each
         rows = lambda m: m.repeat_interleave(B, 0)[:, :, None, None]  # noqa: E731  [K, H] -> [B', H, 1, 1]
         per_head = removed.view(K, H, 3)  # [K, H, q/k/v slot]
-        if bool(removed.any()):
-            D = self.buffer[:, :, :n].sum(2)  # [K, B*P, d]: Σ_s Δ_s, what a fully patched receiver loses
-            gone = shared((resid.reshape(K, -1, d) - D).view(Bp, P, d))
+        if bool(removed.any()):  # Σ_s Δ_s over the senders so far: what a fully patched receiver loses
+            gone = shared((resid.reshape(K, -1, d) - self.total).view(Bp, P, d))
             out = [torch.where(rows(per_head[:, :, c]), gone[c], out[c]) for c in range(3)]
+        W_mlp = self.W[:, :n, r1]  # [K, n]: the MLP receiver (index r1) over the same senders
+        partial, masks = [], []
         for k in mixed.any(1).nonzero().flatten().tolist():  # masks, not edges
             rr = mixed[k].nonzero().flatten()  # this mask's mixed receivers, local to the layer
-            x = self._buffered_input(resid[k * B:(k + 1) * B], Wl[k:k + 1][:, :, rr], slice(k, k + 1))  # [m, B, P, d]
+            mlp = bool(W_mlp[k].any())  # its MLP input over these senders joins the same pass over the buffer
+            Wk = torch.cat([Wl[k:k + 1][:, :, rr], W_mlp[k:k + 1, :, None]], 2) if mlp else Wl[k:k + 1][:, :, rr]
+            x = self._buffered_input(resid[k * B:(k + 1) * B], Wk, slice(k, k + 1))  # [m (+1), B, P, d]
+            if mlp:
+                partial.append(x[-1])
+                masks.append(k)
+                x = x[:-1]
             head, slot = self.layout.qkv_slot(rr)
             y = self.adapter.project_heads(block.layer, in_memory_order(block.receiver_norm, x), head, slot)  # [m, B, P, dh]
             for c in range(3):
                 sel = slot == c
                 if bool(sel.any()):
                     out[c][k * B:(k + 1) * B, head[sel]] = y[sel].transpose(0, 1)
+        if masks:
+            self.mlp_partial = (block.layer, resid, torch.cat(partial), masks)
         return tuple(out)
 
     def _probe_shared_qkv(self, block, resid: torch.Tensor, qkv, n_senders: int) -> None:
