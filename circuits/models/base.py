@@ -221,27 +221,29 @@ class Adapter:
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         return q, k, v
 
-    def project_heads(self, layer: int, x: torch.Tensor, heads: torch.Tensor, comp: torch.Tensor) -> torch.Tensor:
-        """One projection per row: ``x[m]`` (normalised, ``[m, B, P, d]``) through head ``heads[m]``'s
-        q, k or v weights (``comp[m]`` = 0, 1, 2), bias included, no rotary -> ``[m, B, P, dh]``.
+    def project_heads(self, layer: int, x: torch.Tensor, heads: torch.Tensor, comp: torch.Tensor,
+                      fold: NormFold | None = None) -> torch.Tensor:
+        """One projection per row: ``x[m]`` (``[m, B, P, d]``, normalised unless ``fold`` says how) through head
+        ``heads[m]``'s q, k or v weights (``comp[m]`` = 0, 1, 2), bias included, no rotary -> ``[m, B, P, dh]``.
 
         ``heads`` are query heads; with GQA a query head's k/v use its group's weights.
         """
         w = self.attn_weights(layer)
-        H = self.n_heads
-        kv = heads // (H // w.W_K.shape[0])
-        c = comp[:, None, None]
-        W = torch.where(c == 0, w.W_Q[heads], torch.where(c == 1, w.W_K[kv], w.W_V[kv]))  # [m, d, dh]
+        kv = heads // (self.n_heads // w.W_K.shape[0])
+        W = x.new_empty(len(heads), *w.W_Q.shape[1:])  # [m, d, dh]: each row's weights, gathered once
+        b = None
+        for slot, (Ws, bs, idx) in enumerate(((w.W_Q, w.b_Q, heads), (w.W_K, w.b_K, kv), (w.W_V, w.b_V, kv))):
+            rows = (comp == slot).nonzero().flatten()  # q/k/v slots, not edges
+            if len(rows):
+                W[rows] = Ws[idx[rows]]
+                if bs is not None:
+                    b = x.new_zeros(len(heads), W.shape[-1]) if b is None else b
+                    b[rows] = bs[idx[rows]]
+        W, b, col = fold_weights(W, b, fold)
         y = torch.einsum("mbpd,mde->mbpe", x, W)
-        if any(t is not None for t in (w.b_Q, w.b_K, w.b_V)):
-
-            def rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
-                return torch.zeros(len(idx), y.shape[-1], dtype=y.dtype, device=y.device) if t is None else t[idx]
-
-            c = comp[:, None]
-            bias = torch.where(c == 0, rows(w.b_Q, heads), torch.where(c == 1, rows(w.b_K, kv), rows(w.b_V, kv)))
-            y = y + bias[:, None, None, :]
-        return y
+        if fold is not None:
+            y = apply_fold(y, fold.scale, fold.mean, None if col is None else col[:, None, None, :])
+        return y if b is None else y + b[:, None, None, :]
 
     def attend(
         self,
@@ -319,19 +321,11 @@ def head_projection(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, fo
     per-head, else ``Hw``; for shared GQA k/v the caller repeats groups).
     """
     Hw, d, dh = W.shape
-    col = None  # the projection of a constant row of ones, what a row's mean contributes per unit: [Hw, dh]
-    if fold is not None:  # copies of W (d x Hw*dh) and small vectors, far smaller than x
-        if fold.bias is not None:  # the norm's bias through the projection joins its bias
-            fb = torch.einsum("d,hde->he", fold.bias, W)
-            b = fb if b is None else b + fb
-        W = W * fold.weight[None, :, None]
-        col = None if fold.mean is None else W.sum(1)
+    W, b, col = fold_weights(W, b, fold)
     if x.dim() == 3:  # shared input: one matmul for all heads
         out = x @ W.permute(1, 0, 2).reshape(d, Hw * dh)
         if fold is not None:
-            if col is not None:
-                out = out - fold.mean * col.reshape(Hw * dh)
-            out = out * fold.scale
+            out = apply_fold(out, fold.scale, fold.mean, None if col is None else col.reshape(Hw * dh))
         out = out.view(*x.shape[:2], Hw, dh).transpose(1, 2)
         if b is not None:
             out = out + b[None, :, None, :]
@@ -343,12 +337,34 @@ def head_projection(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, fo
         col = None if col is None else col[group]
     out = torch.bmm(x.reshape(H, B * P, d), W)  # one batched matmul; a strided x is read in place
     if fold is not None:
-        if col is not None:
-            out = out.sub_(fold.mean.reshape(H, B * P, 1) * col[:, None, :])
-        out = out.mul_(fold.scale.reshape(H, B * P, 1))
+        mean = None if fold.mean is None else fold.mean.reshape(H, B * P, 1)
+        out = apply_fold(out, fold.scale.reshape(H, B * P, 1), mean, None if col is None else col[:, None, :])
     if b is not None:
         out = out + b[:, None, :]
     return out.view(H, B, P, dh).transpose(0, 1)
+
+
+def fold_weights(W: torch.Tensor, b: torch.Tensor | None, fold: NormFold | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Projection weights ``W`` [..., d, dh] and bias ``b`` [..., dh] with the norm ``fold``'s weight and bias
+    folded in, and what a row's mean contributes per unit, ``col`` [..., dh] (None without a mean). Copies
+    of the weights, far smaller than the inputs they project."""
+    if fold is None:
+        return W, b, None
+    if fold.bias is not None:  # the norm's bias, projected, joins the projection's bias
+        fb = torch.einsum("d,...de->...e", fold.bias, W)
+        b = fb if b is None else b + fb
+    W = W * fold.weight[:, None]
+    return W, b, None if fold.mean is None else W.sum(-2)
+
+
+def apply_fold(out: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor | None, col: torch.Tensor | None
+               ) -> torch.Tensor:
+    """A projection's output ``out`` of unnormalised rows made the projection of the normalised rows:
+    ``(out - mean * col) * scale`` (shapes broadcast to ``out``'s)."""
+    if mean is not None:
+        out = out - mean * col
+    return out * scale
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,9 @@ class PerHeadQKNorm:
         attn = self.block(layer).self_attn
         return attn.q_norm(q), attn.k_norm(k), v
 
-    def project_heads(self, layer: int, x: torch.Tensor, heads: torch.Tensor, comp: torch.Tensor) -> torch.Tensor:
-        y = super().project_heads(layer, x, heads, comp)  # [m, B, P, dh]
+    def project_heads(self, layer: int, x: torch.Tensor, heads: torch.Tensor, comp: torch.Tensor,
+                      fold: NormFold | None = None) -> torch.Tensor:
+        y = super().project_heads(layer, x, heads, comp, fold)  # [m, B, P, dh]
         attn = self.block(layer).self_attn
         c = comp[:, None, None, None]
         return torch.where(c == 0, attn.q_norm(y), torch.where(c == 1, attn.k_norm(y), y))

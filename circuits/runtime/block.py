@@ -19,6 +19,7 @@ d model width, H query heads, dh head width.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 import torch
@@ -109,6 +110,34 @@ class Block:
         """Normalised inputs -> q, k, v ``[B', H, P, dh]`` (k/v repeated to the query heads)."""
         return self.adapter.query_head_qkv(self.layer, hq, hk, hv)
 
+    def project_own(self, x: torch.Tensor, layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v ``[B', H, P, dh]`` (k/v per query head) when each of the layer's 3H receivers reads its own
+        input ``x`` [3H, B', P, d] (receiver order of ``layout``: head-major, q/k/v interleaved). Where the
+        norm folds (:class:`ReceiverNorm`), the projections normalise and no normalised input is written."""
+        fold = self._fold(x)
+        if fold is None:
+            h = layout.per_head_qkv(in_memory_order(self.receiver_norm, x))  # [H, 3, B', P, d]
+            return self.adapter.project_qkv(self.layer, h[:, 0], h[:, 1], h[:, 2])
+        xs = layout.per_head_qkv(x)  # [H, 3, B', P, d]
+        per_head = replace(fold, scale=layout.per_head_qkv(fold.scale),
+                           mean=None if fold.mean is None else layout.per_head_qkv(fold.mean))
+        folds = tuple(per_head.rows(c) for c in range(3))
+        return self.adapter.project_qkv(self.layer, xs[:, 0], xs[:, 1], xs[:, 2], folds)
+
+    def project_rows(self, x: torch.Tensor, heads: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Row ``m`` of the receiver inputs ``x`` [m, B', P, d] normalised and projected through head
+        ``heads[m]``'s q, k or v weights (``slots[m]``) -> ``[m, B', P, dh]`` (no rotary)."""
+        fold = self._fold(x)
+        if fold is None:
+            return self.adapter.project_heads(self.layer, in_memory_order(self.receiver_norm, x), heads, slots)
+        return self.adapter.project_heads(self.layer, x, heads, slots, fold)
+
+    def _fold(self, x: torch.Tensor) -> NormFold | None:
+        """The attention norm of ``x`` as a fold for the projections, or None (see :class:`ReceiverNorm`)."""
+        if not isinstance(self.receiver_norm, ReceiverNorm) or not self.adapter.folds_input_norm:
+            return None
+        return self.receiver_norm.fold(x)
+
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rot: Rotary, mask: torch.Tensor,
                   at: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Rotary, attention and ``W_O``: per-head outputs ``[H, B', Pq, d]`` and the output bias (or None)."""
@@ -136,6 +165,16 @@ class Block:
     def rows_at(t: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """``t[b, at[b]]`` for every row, keeping a position axis of 1: ``[B', P, ...]`` -> ``[B', 1, ...]``."""
         return t[torch.arange(t.shape[0], device=t.device), at][:, None]
+
+
+def in_memory_order(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``norm`` (acting along the last dim) of receiver inputs ``x`` [R, B', P, d] in their memory order:
+    the buffered inputs are a view of ``[B', P, R, d]`` and are normalised as that (a LayerNorm would
+    first copy a strided input); the result is viewed back as ``[R, B', P, d]``."""
+    t = x.permute(1, 2, 0, 3)
+    if x.is_contiguous() or not t.is_contiguous():
+        return norm(x)
+    return norm(t).permute(2, 0, 1, 3)
 
 
 def receiver_norm(norm: nn.Module, llama_rms: bool) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -404,7 +404,7 @@ class _Run:
                                 b.at_answer(self.store))[:, :, None]  # [M, B, 1, d]
             else:
                 x = self.inputs(pk[i], r0 + 3 * ph[i] + c, n, b.resid_corr[layer], b.delta, self.store)  # [M, B, P, d]
-            y = a.project_heads(layer, block.receiver_norm(x), ph[i], c).transpose(0, 1)  # [B, M, P or 1, dh]
+            y = block.project_rows(x, ph[i], c).transpose(0, 1)  # [B, M, P or 1, dh]
             if b.rot is not None:  # queries and keys are rotated, values are not
                 rot = [Block.rows_at(t, b.at) for t in b.rot] if at_q else b.rot
                 y = torch.where((c == 2)[None, :, None, None], y, a.rotate(y, *rot))

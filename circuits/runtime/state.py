@@ -12,13 +12,11 @@ H query heads, dh head width.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import torch
 
 from ..graph import GraphLayout, PatchWeights
 from ..models.base import Adapter
-from .block import ReceiverNorm
 from .postnorm import AttnLayer, post_norm_input
 
 GradCallback = Callable[[torch.Tensor, slice, torch.Tensor], None]
@@ -137,7 +135,7 @@ class RunState:
             if bool(self.W[:, :n, r0:r1].any()):  # each receiver its own input; the MLP's (receiver r1) from
                 x_all = self._buffered_input(x, self.W[:, :n, r0:r1 + 1])  # the same pass over the buffer
                 self.mlp_partial = (layer, x, x_all[-1], list(range(self.K)))
-                return self._project_own(block, x_all[:-1])
+                return block.project_own(x_all[:-1], lay)
         x_attn = self.receiver_input(x, r0, r1, n, shared_probe=self.adapter.linear_qkv)
         if x_attn is None:  # every q/k/v input is the shared residual
             h = block.attn_norm(x)
@@ -145,20 +143,7 @@ class RunState:
             if self.on_grad is not None and x.requires_grad:
                 self._probe_shared_qkv(block, x, (q, k, v), n)
             return q, k, v
-        return self._project_own(block, x_attn)
-
-    def _project_own(self, block, x_attn: torch.Tensor):
-        """q, k, v of a layer whose 3H receivers each read their own input ``x_attn`` [3H, B', P, d]."""
-        lay, norm = self.layout, block.receiver_norm
-        fold = norm.fold(x_attn) if isinstance(norm, ReceiverNorm) and self.adapter.folds_input_norm else None
-        if fold is not None:  # the projections normalise: the 3H normalised inputs are never written
-            x = lay.per_head_qkv(x_attn)  # [H, 3, B', P, d]
-            per_head = replace(fold, scale=lay.per_head_qkv(fold.scale),
-                               mean=None if fold.mean is None else lay.per_head_qkv(fold.mean))
-            folds = tuple(per_head.rows(c) for c in range(3))
-            return self.adapter.project_qkv(block.layer, x[:, 0], x[:, 1], x[:, 2], folds)
-        h = lay.per_head_qkv(in_memory_order(norm, x_attn))  # [H, 3, B', P, d]
-        return self.adapter.project_qkv(block.layer, h[:, 0], h[:, 1], h[:, 2])
+        return block.project_own(x_attn, lay)
 
     def mlp_input(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         part, self.mlp_partial = self.mlp_partial, None
@@ -338,7 +323,7 @@ class RunState:
                 masks.append(k)
                 x = x[:-1]
             head, slot = self.layout.qkv_slot(rr)
-            y = self.adapter.project_heads(block.layer, in_memory_order(block.receiver_norm, x), head, slot)  # [m, B, P, dh]
+            y = block.project_rows(x, head, slot)  # [m, B, P, dh]
             for c in range(3):
                 sel = slot == c
                 if bool(sel.any()):
@@ -372,16 +357,6 @@ class RunState:
                 cb(idx, slice(0, n_senders), batched_vjp(g_in)[0])
 
             t.register_hook(hook)
-
-
-def in_memory_order(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``norm`` (acting along the last dim) of receiver inputs ``x`` [R, B', P, d] in their memory order:
-    the buffered inputs are a view of ``[B', P, R, d]`` and are normalised as that (a LayerNorm would
-    first copy a strided input); the result is viewed back as ``[R, B', P, d]``."""
-    t = x.permute(1, 2, 0, 3)
-    if x.is_contiguous() or not t.is_contiguous():
-        return norm(x)
-    return norm(t).permute(2, 0, 1, 3)
 
 
 def head_input_grad(grad: torch.Tensor, W: torch.Tensor) -> torch.Tensor:

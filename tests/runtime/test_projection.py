@@ -9,6 +9,7 @@ from tiny_models import random_batch, tiny_model
 
 from circuits import Patch, TracedModel
 from circuits.models.base import head_projection
+from circuits.runtime.block import ReceiverNorm
 
 TOL = 1e-5
 
@@ -122,3 +123,22 @@ def test_folded_norm_projection_equals_projecting_the_normalised_input(family, s
             got = a.project_qkv(1, xs[:, 0], xs[:, 1], xs[:, 2], tuple(per_head.rows(c) for c in range(3)))
     for w, o in zip(want, got):
         assert (w - o).abs().max() <= 1e-4 * max(1.0, float(w.abs().max()))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama", "qwen3", "phi3"])
+def test_folded_row_projection_equals_projecting_the_normalised_rows(family):
+    """Block.project_rows (each row through its own head's q, k or v weights; the norm folded where it
+    can be) equals projecting each normalised row through that head's weights one at a time."""
+    tm = TracedModel(tiny_model(family))
+    block, a = tm.blocks[1], tm.adapter
+    g = torch.Generator().manual_seed(2)
+    heads = torch.tensor([0, 1, 1, a.n_heads - 1, 2])
+    slots = torch.tensor([0, 1, 2, 1, 0])
+    x = torch.randn(len(heads), 2, 4, a.d_model, generator=g) * 3 + 5
+    with torch.no_grad():
+        assert isinstance(block.receiver_norm, ReceiverNorm)  # the folded path is the one tested
+        got = block.project_rows(x, heads, slots)
+        h = block.attn_norm(x)
+        for m in range(len(heads)):
+            want = a.project_heads(1, h[m:m + 1], heads[m:m + 1], slots[m:m + 1])
+            assert (got[m:m + 1] - want).abs().max() <= 1e-4 * max(1.0, float(want.abs().max()))
