@@ -16,7 +16,7 @@ parallel residual, sliding windows), which subclasses provide through the access
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,20 +44,15 @@ class AttnWeights:
 
 @dataclass(frozen=True)
 class NormFold:
-    """A norm ``(x - mean) * scale * weight + bias`` (per row ``mean`` and ``scale``; RMSNorm has no
-    ``mean`` and no ``bias``) left for the projection that follows it to apply: ``weight`` [d] multiplies
-    the projection's weights, ``scale`` and ``mean`` (``x``'s shape with a last dim of 1) act on its
-    output, ``bias`` [d] joins its bias. A linear map commutes with all of them, so the result is the
-    projection of the normalised input, and the normalised input is never written out."""
+    """An RMSNorm ``x * scale * weight`` (``scale = rsqrt(|x|²/d + eps)`` per row) left for the projection
+    that follows it to apply: ``weight`` [d] multiplies the projection's weights and ``scale`` (``x``'s
+    shape with a last dim of 1) its output, before the bias. A linear map commutes with both, so the result
+    is the projection of the normalised input, and the normalised input is never written out. (A
+    LayerNorm would need each row's mean and variance too, and ``torch.var_mean`` costs more than the
+    normalisation it would save, so LayerNorms are not folded.)"""
 
     weight: torch.Tensor
     scale: torch.Tensor
-    mean: torch.Tensor | None = None
-    bias: torch.Tensor | None = None
-
-    def rows(self, index: int) -> NormFold:
-        """The fold of the inputs ``x[:, index]`` (for ``x`` [H, 3, ...]: one of q, k, v)."""
-        return replace(self, scale=self.scale[:, index], mean=None if self.mean is None else self.mean[:, index])
 
 
 class Adapter:
@@ -239,10 +234,11 @@ class Adapter:
                 if bs is not None:
                     b = x.new_zeros(len(heads), W.shape[-1]) if b is None else b
                     b[rows] = bs[idx[rows]]
-        W, b, col = fold_weights(W, b, fold)
+        if fold is not None:  # a copy of the gathered weights, far smaller than x
+            W = W * fold.weight[:, None]
         y = torch.einsum("mbpd,mde->mbpe", x, W)
         if fold is not None:
-            y = apply_fold(y, fold.scale, fold.mean, None if col is None else col[:, None, None, :])
+            y = y * fold.scale
         return y if b is None else y + b[:, None, None, :]
 
     def attend(
@@ -315,17 +311,18 @@ def _get_path(obj: Any, path: str) -> Any:
 def head_projection(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, fold: NormFold | None = None
                     ) -> torch.Tensor:
     """Project shared ``[B, P, d]`` or per-head ``[H, B, P, d]`` inputs with ``W`` [Hw, d, dh] (after the
-    norm ``fold`` when given: its ``scale`` and ``mean`` are ``[B, P, 1]`` or ``[H, B, P, 1]`` like ``x``).
+    RMSNorm ``fold`` when given: its ``scale`` is ``[B, P, 1]`` or ``[H, B, P, 1]`` like ``x``).
 
     Returns ``[B, H, P, dh]`` where H is the number of query heads (``x.shape[0]`` when
     per-head, else ``Hw``; for shared GQA k/v the caller repeats groups).
     """
     Hw, d, dh = W.shape
-    W, b, col = fold_weights(W, b, fold)
+    if fold is not None:  # a copy of W (d x Hw*dh), far smaller than x
+        W = W * fold.weight[:, None]
     if x.dim() == 3:  # shared input: one matmul for all heads
         out = x @ W.permute(1, 0, 2).reshape(d, Hw * dh)
         if fold is not None:
-            out = apply_fold(out, fold.scale, fold.mean, None if col is None else col.reshape(Hw * dh))
+            out = out * fold.scale
         out = out.view(*x.shape[:2], Hw, dh).transpose(1, 2)
         if b is not None:
             out = out + b[None, :, None, :]
@@ -334,37 +331,12 @@ def head_projection(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, fo
     if H != Hw:  # GQA: query head h = g * rep + r reads kv head g (the grouping repeat_kv uses)
         group = torch.arange(H, device=W.device) // (H // Hw)
         W, b = W[group], None if b is None else b[group]  # [H, d, dh]: a per-call index, far smaller than x
-        col = None if col is None else col[group]
     out = torch.bmm(x.reshape(H, B * P, d), W)  # one batched matmul; a strided x is read in place
     if fold is not None:
-        mean = None if fold.mean is None else fold.mean.reshape(H, B * P, 1)
-        out = apply_fold(out, fold.scale.reshape(H, B * P, 1), mean, None if col is None else col[:, None, :])
+        out = out.mul_(fold.scale.reshape(H, B * P, 1))
     if b is not None:
         out = out + b[:, None, :]
     return out.view(H, B, P, dh).transpose(0, 1)
-
-
-def fold_weights(W: torch.Tensor, b: torch.Tensor | None, fold: NormFold | None
-                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Projection weights ``W`` [..., d, dh] and bias ``b`` [..., dh] with the norm ``fold``'s weight and bias
-    folded in, and what a row's mean contributes per unit, ``col`` [..., dh] (None without a mean). Copies
-    of the weights, far smaller than the inputs they project."""
-    if fold is None:
-        return W, b, None
-    if fold.bias is not None:  # the norm's bias, projected, joins the projection's bias
-        fb = torch.einsum("d,...de->...e", fold.bias, W)
-        b = fb if b is None else b + fb
-    W = W * fold.weight[:, None]
-    return W, b, None if fold.mean is None else W.sum(-2)
-
-
-def apply_fold(out: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor | None, col: torch.Tensor | None
-               ) -> torch.Tensor:
-    """A projection's output ``out`` of unnormalised rows made the projection of the normalised rows:
-    ``(out - mean * col) * scale`` (shapes broadcast to ``out``'s)."""
-    if mean is not None:
-        out = out - mean * col
-    return out * scale
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,6 @@ d model width, H query heads, dh head width.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, Protocol
 
 import torch
@@ -112,16 +111,17 @@ class Block:
 
     def project_own(self, x: torch.Tensor, layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v ``[B', H, P, dh]`` (k/v per query head) when each of the layer's 3H receivers reads its own
-        input ``x`` [3H, B', P, d] (receiver order of ``layout``: head-major, q/k/v interleaved). Where the
-        norm folds (:class:`ReceiverNorm`), the projections normalise and no normalised input is written."""
-        fold = self._fold(x)
+        input: the first 3H rows of ``x`` [R >= 3H, B', P, d] (receiver order of ``layout``: head-major, q/k/v
+        interleaved; rows after them are normalised along when that saves a copy, and not projected). Where
+        the norm folds (:class:`ReceiverNorm`), the projections normalise and no normalised input is written."""
+        R = 3 * layout.n_heads
+        fold = self._fold(x[:R])
         if fold is None:
-            h = layout.per_head_qkv(in_memory_order(self.receiver_norm, x))  # [H, 3, B', P, d]
+            h = layout.per_head_qkv(in_memory_order(self.receiver_norm, x)[:R])  # [H, 3, B', P, d]
             return self.adapter.project_qkv(self.layer, h[:, 0], h[:, 1], h[:, 2])
-        xs = layout.per_head_qkv(x)  # [H, 3, B', P, d]
-        per_head = replace(fold, scale=layout.per_head_qkv(fold.scale),
-                           mean=None if fold.mean is None else layout.per_head_qkv(fold.mean))
-        folds = tuple(per_head.rows(c) for c in range(3))
+        xs = layout.per_head_qkv(x[:R])  # [H, 3, B', P, d]
+        scale = layout.per_head_qkv(fold.scale)
+        folds = tuple(NormFold(fold.weight, scale[:, c]) for c in range(3))
         return self.adapter.project_qkv(self.layer, xs[:, 0], xs[:, 1], xs[:, 2], folds)
 
     def project_rows(self, x: torch.Tensor, heads: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
@@ -180,46 +180,39 @@ def in_memory_order(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
 def receiver_norm(norm: nn.Module, llama_rms: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """The attention norm as applied to many receivers' own inputs (``[..., d]``; rows are independent):
     a :class:`ReceiverNorm` for Llama's RMSNorm (``llama_rms``, :attr:`Adapter.llama_rms_norm`, and a module
-    holding ``weight`` and ``variance_epsilon``) and for ``nn.LayerNorm`` with weights, else the module."""
-    weight = getattr(norm, "weight", None)
-    if isinstance(norm, nn.LayerNorm) and weight is not None and len(norm.normalized_shape) == 1:
-        return ReceiverNorm(norm, weight, float(norm.eps), norm.bias)
-    eps = getattr(norm, "variance_epsilon", None)
+    holding ``weight`` and ``variance_epsilon``), else the module itself."""
+    eps, weight = getattr(norm, "variance_epsilon", None), getattr(norm, "weight", None)
     if llama_rms and isinstance(eps, float) and weight is not None:
         return ReceiverNorm(norm, weight, eps)
     return norm
 
 
 class ReceiverNorm:
-    """A LayerNorm (``bias`` may be None) or Llama's RMSNorm (``rms``) for many receivers' float32 inputs.
+    """Llama's RMSNorm ``x * rsqrt(|x|²/d + eps) * weight`` for many receivers' float32 inputs.
 
-    Called, it normalises (an RMSNorm in three passes over ``x``, one reduction and two products, instead
-    of the module's five; a LayerNorm through its module). Through :meth:`fold` it costs one pass (the
-    reduction) and the projection that follows applies the rest. Anything else (and anything under
-    autograd) goes through the module itself. Results equal the module's up to float rounding.
+    Called, it normalises in three passes over ``x`` (one reduction, two products) instead of the
+    module's five; through :meth:`fold` it costs one pass (the reduction) and the projection that
+    follows applies the rest. Anything else (and anything under autograd) goes through the module
+    itself. Results equal the module's up to float rounding.
     """
 
-    def __init__(self, norm: nn.Module, weight: torch.Tensor, eps: float, bias: torch.Tensor | None = None) -> None:
-        self.norm, self.weight, self.eps, self.bias = norm, weight, eps, bias
-        self.rms = not isinstance(norm, nn.LayerNorm)
+    def __init__(self, norm: nn.Module, weight: torch.Tensor, eps: float) -> None:
+        self.norm, self.weight, self.eps = norm, weight, eps
 
     def applies(self, x: torch.Tensor) -> bool:
         """Whether ``x`` takes the fast path (float32 input and weight, no autograd)."""
         return x.dtype == torch.float32 and self.weight.dtype == torch.float32 and not torch.is_grad_enabled()
 
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """``rsqrt(|x|²/d + eps)`` per row: ``[..., d]`` -> ``[..., 1]``."""
+        return torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() / x.shape[-1] + self.eps)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.rms or not self.applies(x):
+        if not self.applies(x):
             return self.norm(x)
-        scale = torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() / x.shape[-1] + self.eps)
-        return torch.mul(x, scale).mul_(self.weight)
+        return torch.mul(x, self.scale(x)).mul_(self.weight)
 
     def fold(self, x: torch.Tensor) -> NormFold | None:
-        """The norm of ``x`` [..., d] as a :class:`~circuits.models.base.NormFold` for its projection (per-row
-        statistics ``[..., 1]``), or None off the fast path."""
-        if not self.applies(x):
-            return None
-        if self.rms:
-            scale = torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square() / x.shape[-1] + self.eps)
-            return NormFold(self.weight, scale)
-        var, mean = torch.var_mean(x, dim=-1, correction=0, keepdim=True)
-        return NormFold(self.weight, torch.rsqrt(var + self.eps), mean, self.bias)
+        """The norm of ``x`` [..., d] as a :class:`~circuits.models.base.NormFold` for its projection, or
+        None off the fast path."""
+        return NormFold(self.weight, self.scale(x)) if self.applies(x) else None

@@ -135,7 +135,7 @@ class RunState:
             if bool(self.W[:, :n, r0:r1].any()):  # each receiver its own input; the MLP's (receiver r1) from
                 x_all = self._buffered_input(x, self.W[:, :n, r0:r1 + 1])  # the same pass over the buffer
                 self.mlp_partial = (layer, x, x_all[-1], list(range(self.K)))
-                return block.project_own(x_all[:-1], lay)
+                return block.project_own(x_all, lay)  # the MLP's row is not projected
         x_attn = self.receiver_input(x, r0, r1, n, shared_probe=self.adapter.linear_qkv)
         if x_attn is None:  # every q/k/v input is the shared residual
             h = block.attn_norm(x)
