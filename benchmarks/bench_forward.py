@@ -10,6 +10,7 @@ d_model, never edges x ...).
 
     python benchmarks/bench_forward.py            # GPT-2-small shape, batch 8 x 32
     python benchmarks/bench_forward.py --family mixtral   # a ~100M random config of that family
+    python benchmarks/bench_forward.py --family mixtral --expert-width 2688   # Mixtral's expert width / d
 
 Each time is the best of --repeats rounds that run every variant once, the bare forward included,
 so that each ratio compares runs taken seconds apart.
@@ -33,9 +34,12 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--family", choices=BENCH_FAMILIES, default="gpt2",
                    help="model family of the random config (default gpt2: GPT-2 small; others ~100M parameters)")
+    p.add_argument("--expert-width", type=int, default=None,
+                   help="mixture-of-experts families: expert width (default 256; real MoE models give each token "
+                        "far more MLP work per d, e.g. Mixtral's top-2 experts of width 3.5 d: --expert-width 2688)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = family_model(args.family, args.quick)
+    model = family_model(args.family, args.quick, expert_width=args.expert_width)
     tm = TracedModel(model)
     b = random_batch(model.config.vocab_size, args.batch, args.tokens)
     g = tm.layout

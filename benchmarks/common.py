@@ -30,16 +30,16 @@ def gpt2_small(quick: bool = False, seed: int = 0):
     return AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
 
 
-def _family_config(family: str, quick: bool):
+def _family_config(family: str, quick: bool, expert_width: int | None = None):
     """A ~100M-parameter config of ``family`` (d 768, 12 layers x 12 heads, vocab 16000; MoE: 8 experts
-    of width 256, top 2), or a 2-layer d 64 one with ``quick``."""
+    of width ``expert_width``, default 256, top 2), or a 2-layer d 64 one with ``quick``."""
     import transformers as tf
 
     L, H, d, V = (2, 4, 64, 512) if quick else (12, 12, 768, 16000)
     base = dict(vocab_size=V, hidden_size=d, num_hidden_layers=L, num_attention_heads=H, max_position_embeddings=512,
                 pad_token_id=0, bos_token_id=1, eos_token_id=2)
     gqa = dict(base, num_key_value_heads=H // 2 if quick else 4)
-    width = 64 if quick else 256  # expert width (grouped_mm wants 16-byte strides)
+    width = expert_width or (64 if quick else 256)  # expert width (grouped_mm wants 16-byte strides)
     moe = dict(num_experts_per_tok=2, intermediate_size=width)
     if family == "gpt2":
         return tf.GPT2Config(n_layer=L, n_head=H, n_embd=d, vocab_size=V)
@@ -63,12 +63,14 @@ BENCH_FAMILIES = ("gpt2", "gptj", "llama", "qwen3", "phi3", "mixtral", "qwen2_mo
 """Families ``bench_forward.py --family`` can build."""
 
 
-def family_model(family: str, quick: bool = False, seed: int = 0):
-    """A random-init model of ``family`` (``gpt2`` = GPT-2 small), float32, eval mode, sdpa attention."""
+def family_model(family: str, quick: bool = False, seed: int = 0, expert_width: int | None = None):
+    """A random-init model of ``family`` (``gpt2`` = GPT-2 small), float32, eval mode, sdpa attention
+    (``expert_width``: mixture-of-experts families' expert width instead of the default 256)."""
     if family == "gpt2":
         return gpt2_small(quick, seed)
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(_family_config(family, quick), attn_implementation="sdpa").eval()
+    config = _family_config(family, quick, expert_width)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
 
 
 def random_batch(vocab: int, B: int, P: int, seed: int = 0) -> Batch:
