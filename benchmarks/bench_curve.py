@@ -10,7 +10,8 @@ Prints from one run: the bare forward time (best of --repeats after a warm-up); 
 end on its first (cold) call; a warm curve (best of --repeats) split into clean + corrupted runs,
 selection and patched evaluation; ratios to the bare forward; peak RSS. Then the sparse masked
 forward (circuits/runtime/sparse.py) against the general one on the same runner's recorded runs:
-the curve's masks (target <= 6x), one circuit of 1 % of the edges (target <= 0.3x), and a table of
+the curve's masks (target <= 6x), one circuit of 1 % of the edges (target <= 0.3x) and a floor under
+any exact evaluation of it (the MLPs it changes and the answer logits, timed alone), and a table of
 the cost of each curve mask against the number of nodes it makes CHANGED. In that part every ratio
 divides by a bare forward timed in the same rounds (the machine's speed drifts over minutes).
 
@@ -111,6 +112,7 @@ def sparse_report(tm, g, b, args, bare) -> None:
         t_s, t_g, t_bare = timed(m)
         print(f"  {name:34s} sparse {t_s * 1e3:8.1f} ms {t_s / t_bare:6.2f}x (target {target});  "
               f"general {t_g * 1e3:8.1f} ms {t_g / t_bare:6.2f}x;  bare {t_bare * 1e3:8.1f} ms")
+    mlp_floor(tm, g, b, one, bare, args.repeats)
     changed = plan_states(g.layout, circuits).changed_nodes().tolist()
     n_nodes = g.layout.n_senders  # heads, MLPs and input (+ logits)
     print(f"  cost per mask vs CHANGED nodes (of {n_nodes} + logits), one mask per evaluate call:")
@@ -122,6 +124,33 @@ def sparse_report(tm, g, b, args, bare) -> None:
     st = sparse.sparse_stats
     print(f"  sparse path computed {st.computed_share():.1%} of the heads and MLPs a dense forward computes "
           f"({st.masks} masks evaluated)")
+
+
+def mlp_floor(tm, g, b, keep: torch.Tensor, bare, repeats: int) -> None:
+    """A floor under any exact evaluation of the circuit ``keep`` from the recorded runs: the MLPs it changes
+    (at every position where a computed key, value or such an MLP reads them, else at the answer positions)
+    and the answer-position logits, timed alone on inputs of their shapes (heads, input assembly and
+    everything else left out), against a bare forward timed in the same rounds."""
+    lay = g.layout
+    plan = plan_states(lay, keep.reshape(1, -1))
+    layers = range(lay.n_layers)
+    full = [lyr for lyr in layers if bool(plan.full[0, lay.mlp_sender(lyr)])]
+    at = [lyr for lyr in layers if bool(plan.live[0, lay.mlp_sender(lyr)]) and lyr not in full]
+    d = tm.adapter.d_model
+    x, x_at = torch.randn(*b.clean.shape, d), torch.randn(b.clean.shape[0], 1, d)
+
+    def floor() -> None:
+        with torch.no_grad():
+            for lyr in full:
+                tm.blocks[lyr].mlp(x)
+            for lyr in at:
+                tm.blocks[lyr].mlp(x_at)
+            tm.adapter.unembed(x_at)
+
+    t = interleaved_best({"bare": bare, "floor": floor}, repeats)
+    print(f"  floor for that circuit: its {len(full)} MLPs needed at every position, {len(at)} at the answer "
+          f"positions only and the answer logits, alone: {t['floor'] * 1e3:8.1f} ms {t['floor'] / t['bare']:6.2f}x "
+          f"(bare {t['bare'] * 1e3:.1f} ms)")
 
 
 if __name__ == "__main__":
