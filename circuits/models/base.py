@@ -288,8 +288,8 @@ class Adapter:
     #: declaration on the adapter's own class counts: a subclass (e.g. a post-norm family built on
     #: Llama) uses the general path until it declares this itself.
     additive_residual: bool = False
-    #: :meth:`project_qkv` accepts ``folds`` (a family whose q/k/v are not per-head projections of the
-    #: normalised input, e.g. OLMoE's full-width q/k norms, says False)
+    #: :meth:`project_qkv` and :meth:`project_heads` apply an input norm's :class:`NormFold` (a family whose
+    #: q/k/v are not per-head projections of the normalised input, e.g. OLMoE's full-width q/k norms, says False)
     folds_input_norm: bool = True
     #: the attention norm is Llama's RMSNorm, ``weight * x * rsqrt(mean(x²) + variance_epsilon)`` in float32:
     #: many receivers' own inputs are then normalised by :func:`~circuits.runtime.block.receiver_norm`

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ..graph import GraphLayout
 from ..models.base import Adapter, NormFold
 
 Rotary = Any
@@ -109,7 +110,7 @@ class Block:
         """Normalised inputs -> q, k, v ``[B', H, P, dh]`` (k/v repeated to the query heads)."""
         return self.adapter.query_head_qkv(self.layer, hq, hk, hv)
 
-    def project_own(self, x: torch.Tensor, layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def project_own(self, x: torch.Tensor, layout: GraphLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v ``[B', H, P, dh]`` (k/v per query head) when each of the layer's 3H receivers reads its own
         input: the first 3H rows of ``x`` [R >= 3H, B', P, d] (receiver order of ``layout``: head-major, q/k/v
         interleaved; rows after them are normalised along when that saves a copy, and not projected). Where

@@ -53,7 +53,9 @@ class RunState:
         self.buffered = W is not None and not torch.is_grad_enabled() and not self.post
         self.attn_layers: dict[int, AttnLayer] = {}  # post-norm: layer -> its pre-norm sum and deltas
         self.sender_deltas: dict[int, torch.Tensor] = {}  # post-norm: non-attention sender -> delta
-        self.total: torch.Tensor | None = None  # buffered: [K, B*P, d] the sum of every delta written so far
+        # buffered: [K, B*P, d] the sum of the deltas of senders 0..total_of-1 (see removed_sum)
+        self.total: torch.Tensor | None = None
+        self.total_of = 0
         # (layer, residual its attention read, MLP inputs over the senders before that attention [m*B, P, d],
         # the m masks they are of): what the q/k/v inputs' pass over the buffer also computed (see qkv)
         self.mlp_partial: tuple[int, torch.Tensor, torch.Tensor, list[int]] | None = None
@@ -93,9 +95,16 @@ class RunState:
             out.copy_((z.permute(1, 2, 0, 3) - zc)[None])  # one recorded run shared by the K masks: broadcast over K
         else:
             torch.sub(z.view(n, K, B, P, d).permute(1, 2, 3, 0, 4), zc[None], out=out)
-        # Σ_s Δ_s so far (what a receiver with every edge removed loses), from the new senders only
-        new = out.sum(3).view(K, B * P, d)
-        self.total = new if self.total is None else self.total.add_(new)
+
+    def _removed_sum(self, n: int) -> torch.Tensor:
+        """``Σ_s Δ_s`` over senders ``0..n-1`` (what a receiver with every edge removed loses): ``[K, B*P, d]``,
+        kept as a running sum that adds only the senders not summed before (``n`` never decreases in a run)."""
+        if self.total is None:
+            self.total = self.buffer[:, :, :n].sum(2)
+        elif n > self.total_of:
+            self.total.add_(self.buffer[:, :, self.total_of:n].sum(2))
+        self.total_of = n
+        return self.total
 
     def _buffered_input(self, resid: torch.Tensor, Wl: torch.Tensor, masks: slice = slice(None)) -> torch.Tensor:
         """``resid - Σ_s w_sr Δ_s`` for the receivers of ``Wl`` [K, n, R] (senders ``0..n-1``; the K masks
@@ -309,7 +318,7 @@ class RunState:
         rows = lambda m: m.repeat_interleave(B, 0)[:, :, None, None]  # noqa: E731  [K, H] -> [B', H, 1, 1]
         per_head = removed.view(K, H, 3)  # [K, H, q/k/v slot]
         if bool(removed.any()):  # Σ_s Δ_s over the senders so far: what a fully patched receiver loses
-            gone = shared((resid.reshape(K, -1, d) - self.total).view(Bp, P, d))
+            gone = shared((resid.reshape(K, -1, d) - self._removed_sum(n)).view(Bp, P, d))
             out = [torch.where(rows(per_head[:, :, c]), gone[c], out[c]) for c in range(3)]
         W_mlp = self.W[:, :n, r1]  # [K, n]: the MLP receiver (index r1) over the same senders
         partial, masks = [], []
