@@ -17,6 +17,7 @@ import torch
 
 from ..graph import GraphLayout, PatchWeights
 from ..models.base import Adapter
+from .block import Block
 from .postnorm import AttnLayer, post_norm_input
 
 GradCallback = Callable[[torch.Tensor, slice, torch.Tensor], None]
@@ -176,7 +177,7 @@ class RunState:
             return torch.baddbmm(resid[:, None], w, buf, alpha=-1)  # [B', 1, d]
         x_in = self.receiver_input(x, r, r + 1, S)
         x_in = x if x_in is None else x_in[0]
-        return x_in if at is None else x_in[torch.arange(len(at), device=at.device), at][:, None]
+        return x_in if at is None else Block.rows_at(x_in, at)
 
     def receiver_input(self, resid: torch.Tensor, r0: int, r1: int, n_senders: int,
                        shared_probe: bool = False) -> torch.Tensor | None:
@@ -228,8 +229,10 @@ class RunState:
             return partial
         out = torch.empty_like(x)
         have = {k: i for i, k in enumerate(masks)}
-        z = self._senders(n0, n1) if n1 > n0 else None  # [H, K, B, P, d] (a layer's own heads are never shared)
-        ref = self.reference[n0:n1].to(x.dtype)
+        if n1 > n0:  # the layer's own heads: live outputs [H, K, B, P, d] (never shared), weights [K, H]
+            z, Wh = self._senders(n0, n1), self.W[:, n0:n1, r]
+            ref = self.reference[n0:n1].to(x.dtype)
+            ref_share = (Wh @ ref.flatten(1)).view(self.K, *ref.shape[1:])  # one pass over the reference
         for k in range(self.K):  # masks, not edges
             rows = slice(k * B, (k + 1) * B)
             if k in have:
@@ -237,10 +240,8 @@ class RunState:
                 o = partial[i * B:(i + 1) * B]
                 if n1 > n0:
                     o = o + (x[rows] - before[rows])
-                    w = self.W[k:k + 1, n0:n1, r]  # [1, H]
-                    if bool(w.any()):  # one [1, H] x [H, B*P*d] product, minus the reference's share
-                        lost = (w @ z[:, k].flatten(1)).view(B, *x.shape[1:]) - (w @ ref.flatten(1)).view(ref.shape[1:])
-                        o = o - lost
+                    if bool(Wh[k].any()):  # one [1, H] x [H, B*P*d] product, minus the reference's share
+                        o = o - ((Wh[k:k + 1] @ z[:, k].flatten(1)).view(B, *x.shape[1:]) - ref_share[k])
                 out[rows] = o
             elif bool(self.W[k, :n1, r].any()):
                 out[rows] = self._buffered_input(x[rows], self.W[k:k + 1, :n1, r:r + 1], slice(k, k + 1))[0]
