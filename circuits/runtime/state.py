@@ -46,8 +46,9 @@ class RunState:
         self.groups: list[tuple[int, int, torch.Tensor, bool]] = []
         self.deltas: dict[int, torch.Tensor] = {}  # group -> z - z_ref: [n, K, B, P, d] ([n, B, P, d] if shared)
         self.leaves: list[torch.Tensor] = []
-        # Without autograd, all deltas live in one [K, B*P, S, d] buffer filled in place, and a
-        # receiver group's correction is one batched matmul over every upstream sender.
+        # Without autograd, all deltas live in one [K, B*P, 1+S, d] buffer filled in place (sender s at
+        # slot 1+s; slot 0 holds the residual of the receivers being read), and a receiver group's input
+        # is one batched matmul over that residual and every upstream sender's delta.
         self.buffer: torch.Tensor | None = None
         # Post-norm families read head senders through their layer's norm (postnorm.py), not the buffer.
         self.post = adapter.post_norm
@@ -88,10 +89,10 @@ class RunState:
             return
         n, P, d = s1 - s0, z.shape[-2], z.shape[-1]
         K, B = self.K, self.B
-        if self.buffer is None:  # [K, B*P, S, d]: per position, every sender's delta side by side
-            self.buffer = torch.empty(K, B * P, self.layout.n_senders, d, dtype=z.dtype, device=z.device)
+        if self.buffer is None:  # [K, B*P, 1+S, d]: per position, the residual read and every sender's delta
+            self.buffer = torch.empty(K, B * P, 1 + self.layout.n_senders, d, dtype=z.dtype, device=z.device)
         zc = self.reference[s0:s1].to(z.dtype).permute(1, 2, 0, 3)  # [Bc, Pc, n, d]
-        out = self.buffer.view(K, B, P, -1, d)[:, :, :, s0:s1]  # written in place: one pass, no temporaries
+        out = self.buffer.view(K, B, P, -1, d)[:, :, :, 1 + s0:1 + s1]  # written in place: one pass, no temporaries
         if shared:
             out.copy_((z.permute(1, 2, 0, 3) - zc)[None])  # one recorded run shared by the K masks: broadcast over K
         else:
@@ -101,23 +102,25 @@ class RunState:
         """``Σ_s Δ_s`` over senders ``0..n-1`` (what a receiver with every edge removed loses): ``[K, B*P, d]``,
         kept as a running sum that adds only the senders not summed before (``n`` never decreases in a run)."""
         if self.total is None:
-            self.total = self.buffer[:, :, :n].sum(2)
+            self.total = self.buffer[:, :, 1:1 + n].sum(2)
         elif n > self.total_of:
-            self.total.add_(self.buffer[:, :, self.total_of:n].sum(2))
+            self.total.add_(self.buffer[:, :, 1 + self.total_of:1 + n].sum(2))
         self.total_of = n
         return self.total
 
     def _buffered_input(self, resid: torch.Tensor, Wl: torch.Tensor, masks: slice = slice(None)) -> torch.Tensor:
         """``resid - Σ_s w_sr Δ_s`` for the receivers of ``Wl`` [K, n, R] (senders ``0..n-1``; the K masks
-        ``masks`` of the buffer) from the buffer: one small matmul per position (a position's deltas stay
-        in cache), the subtraction fused in. ``resid`` [K*B, P, d] -> ``[R, K*B, P, d]`` (a view of
-        ``[K*B, P, R, d]``)."""
+        ``masks`` of the buffer) from the buffer: ``resid`` goes into slot 0 and one small matmul per position
+        (a position's deltas stay in cache) takes weights ``[1, -w_0r, ..., -w_(n-1)r]`` over slots ``0..n``.
+        ``resid`` [K*B, P, d] -> ``[R, K*B, P, d]`` (a view of ``[K*B, P, R, d]``)."""
         K, n, R = Wl.shape
         Bp, P, d = resid.shape
         rows = Bp * P  # K * B * P
-        Wt = Wl.transpose(1, 2)[:, None].expand(K, rows // K, R, n).reshape(rows, R, n)
-        buf = self.buffer[masks, :, :n].reshape(rows, n, d)
-        x = torch.baddbmm(resid.reshape(rows, 1, d).expand(rows, R, d), Wt, buf, alpha=-1)  # [K*B*P, R, d]
+        buf = self.buffer[masks]  # [K, B*P, 1+S, d]
+        buf[:, :, 0] = resid.view(K, -1, d)  # no [rows, R, d] copy of the residual for the matmul to add to
+        coef = torch.cat([Wl.new_ones(K, R, 1), -Wl.transpose(1, 2)], 2)  # [K, R, 1+n]
+        coef = coef[:, None].expand(K, rows // K, R, n + 1).reshape(rows, R, n + 1)
+        x = torch.bmm(coef, buf[:, :, :n + 1].reshape(rows, n + 1, d))  # [K*B*P, R, d]
         return x.view(Bp, P, R, d).permute(2, 0, 1, 3)
 
     def _delta(self, gi: int) -> torch.Tensor:
@@ -172,7 +175,7 @@ class RunState:
             Bp, P, d = x.shape
             rows = torch.arange(Bp, device=x.device) * P + at  # rows of [B'*P, ...]
             resid = x.reshape(Bp * P, d)[rows]  # [B', d]
-            buf = self.buffer.view(Bp * P, S, d)[rows]  # [B', S, d]
+            buf = self.buffer.view(Bp * P, 1 + S, d)[rows, 1:]  # [B', S, d]
             w = self.W[:, :, r].repeat_interleave(self.B, 0)[:, None]  # [B', 1, S]: each row its mask's weights
             return torch.baddbmm(resid[:, None], w, buf, alpha=-1)  # [B', 1, d]
         x_in = self.receiver_input(x, r, r + 1, S)
