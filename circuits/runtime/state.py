@@ -310,20 +310,21 @@ class RunState:
             return None  # unpatched layer: the shared path (which also serves probes)
         removed = Wl.eq(1).all(1)
         mixed = touched & ~removed
-        if float(mixed.float().mean()) > self.MIXED_SHARE_DENSE:
-            return None
+        if float(mixed.float().mean()) > self.MIXED_SHARE_DENSE or bool(mixed.all()):
+            return None  # (with none kept or removed there would be nothing to share)
         Bp, P, d = resid.shape
 
         def shared(x: torch.Tensor) -> list[torch.Tensor]:
             h = block.attn_norm(x)
             return list(block.project(h, h, h))
 
-        out = shared(resid)  # [B', H, P, dh] each
         rows = lambda m: m.repeat_interleave(B, 0)[:, :, None, None]  # noqa: E731  [K, H] -> [B', H, 1, 1]
         per_head = removed.view(K, H, 3)  # [K, H, q/k/v slot]
+        # the residual's projections serve kept receivers; EAP-ranked circuits often leave none past layer 0
+        out = shared(resid) if bool((~touched).any()) else None  # [B', H, P, dh] each
         if bool(removed.any()):  # Σ_s Δ_s over the senders so far: what a fully patched receiver loses
             gone = shared((resid.reshape(K, -1, d) - self._removed_sum(n)).view(Bp, P, d))
-            out = [torch.where(rows(per_head[:, :, c]), gone[c], out[c]) for c in range(3)]
+            out = gone if out is None else [torch.where(rows(per_head[:, :, c]), gone[c], out[c]) for c in range(3)]
         W_mlp = self.W[:, :n, r1]  # [K, n]: the MLP receiver (index r1) over the same senders
         partial, masks = [], []
         for k in mixed.any(1).nonzero().flatten().tolist():  # masks, not edges
