@@ -204,7 +204,7 @@ class PatchRunner:
             from tqdm.auto import tqdm
 
             it = tqdm(work, desc="patching", unit="chunk")
-        with torch.no_grad():
+        with torch.no_grad(), self.tm.reusing_buffers():
             for i, p in enumerate(self.prepared):
                 cols = slice(starts[i], starts[i + 1])
                 for rows, logits in ((full, p.clean_logits), (empty, p.corrupted_logits)):

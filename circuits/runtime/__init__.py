@@ -4,6 +4,7 @@ from .block import Block, BlockIO, PlainIO, Rotary
 from .masks import causal_mask, default_position_ids
 from .state import GradCallback, RunState, SenderHook, head_input_grad
 from .traced import Patch, Prefix, Probe, RunOutput, TracedModel, as_traced
+from .workspace import Workspace
 
 __all__ = [
     "Block",
@@ -18,6 +19,7 @@ __all__ = [
     "RunState",
     "SenderHook",
     "TracedModel",
+    "Workspace",
     "as_traced",
     "causal_mask",
     "default_position_ids",

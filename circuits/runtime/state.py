@@ -19,6 +19,7 @@ from ..graph import GraphLayout, PatchWeights
 from ..models.base import Adapter
 from .block import Block
 from .postnorm import AttnLayer, post_norm_input
+from .workspace import Workspace
 
 GradCallback = Callable[[torch.Tensor, slice, torch.Tensor], None]
 """``(receivers, senders, grad)``: for a group of receivers (long tensor of receiver indices), the gradient
@@ -38,8 +39,9 @@ class RunState:
     MIXED_SHARE_DENSE = 0.6
 
     def __init__(self, layout: GraphLayout, adapter: Adapter, W: PatchWeights | None, reference: torch.Tensor | None,
-                 K: int, B: int, on_grad: GradCallback | None, sender_hook: SenderHook | None) -> None:
-        self.layout, self.adapter = layout, adapter
+                 K: int, B: int, on_grad: GradCallback | None, sender_hook: SenderHook | None,
+                 workspace: Workspace | None = None) -> None:
+        self.layout, self.adapter, self.workspace = layout, adapter, workspace
         self.W, self.reference, self.K, self.B = W, reference, K, B
         self.on_grad, self.sender_hook = on_grad, sender_hook
         # (s0, s1, z, shared): z is [n, B', P, d], or [n, B, P, d] shared by all K masks
@@ -90,7 +92,9 @@ class RunState:
         n, P, d = s1 - s0, z.shape[-2], z.shape[-1]
         K, B = self.K, self.B
         if self.buffer is None:  # [K, B*P, 1+S, d]: per position, the residual read and every sender's delta
-            self.buffer = torch.empty(K, B * P, 1 + self.layout.n_senders, d, dtype=z.dtype, device=z.device)
+            shape = (K, B * P, 1 + self.layout.n_senders, d)
+            self.buffer = (torch.empty(shape, dtype=z.dtype, device=z.device) if self.workspace is None
+                           else self.workspace.empty("deltas", shape, z.dtype, z.device))
         zc = self.reference[s0:s1].to(z.dtype).permute(1, 2, 0, 3)  # [Bc, Pc, n, d]
         out = self.buffer.view(K, B, P, -1, d)[:, :, :, 1 + s0:1 + s1]  # written in place: one pass, no temporaries
         if shared:

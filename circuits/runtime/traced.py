@@ -16,6 +16,8 @@ the batch dimension of every activation is ``K * B`` (mask-major).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +29,7 @@ from ..parallel import fingerprint
 from .block import Block, PlainIO
 from .masks import causal_mask, default_position_ids
 from .state import GradCallback, RunState, SenderHook
+from .workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,21 @@ class TracedModel(nn.Module):
         a = self.adapter
         self.layout: GraphLayout = layout_for(a.n_layers, a.n_heads, a.parallel_attn_mlp)
         self.blocks = [Block(a, layer) for layer in range(a.n_layers)]
+        self.workspace: Workspace | None = None  # set by reusing_buffers
+
+    @contextmanager
+    def reusing_buffers(self) -> Iterator[None]:
+        """Within the block, masked runs of one shape share one delta buffer (:mod:`~circuits.runtime.workspace`)
+        instead of allocating one each; it is freed on leaving the outermost such block. For loops over
+        masks; the runs must be sequential (one run's buffer is the next one's)."""
+        if self.workspace is not None:
+            yield
+            return
+        self.workspace = Workspace()
+        try:
+            yield
+        finally:
+            self.workspace = None
 
     @property
     def device(self) -> torch.device:
@@ -154,7 +172,7 @@ class TracedModel(nn.Module):
         K = 1 if W is None else W.shape[0]
         probe = probe or Probe()
         state = RunState(self.layout, self.adapter, W, None if patch is None else patch.reference, K, B,
-                         probe.on_grad, probe.sender_hook)
+                         probe.on_grad, probe.sender_hook, self.workspace)
         mask = per_mask(causal_mask(attention_mask, B, P, dev), K)  # [B', 1, P, P]
         resid, start = self._start(input_ids, position_ids, state, K, probe.input_requires_grad, resume)
         rot = self.adapter.rotary(resid, per_mask(position_ids, K))

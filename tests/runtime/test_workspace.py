@@ -1,0 +1,46 @@
+"""Masked runs inside ``TracedModel.reusing_buffers`` share one delta buffer and give the same logits."""
+
+import torch
+from tiny_models import random_batch, tiny_model
+
+from circuits import Patch, TracedModel
+from circuits.runtime import RunState, Workspace
+
+
+def _patched(tm: TracedModel, seed: int) -> torch.Tensor:
+    clean, corr, am = random_batch()
+    with torch.no_grad():
+        ref = tm.run(corr, am, record=True).senders
+        keep = (torch.rand(2, tm.layout.n_edges, generator=torch.Generator().manual_seed(seed)) > 0.5).float()
+        return tm.run(clean, am, patch=Patch(keep, ref)).logits
+
+
+def test_reused_buffer_gives_the_same_logits_and_is_freed_after(monkeypatch):
+    tm = TracedModel(tiny_model("llama"))
+    fresh = [_patched(tm, s) for s in (0, 1)]
+    buffers = []
+    init = RunState.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        buffers.append(self)
+
+    monkeypatch.setattr(RunState, "__init__", spy)
+    with tm.reusing_buffers():
+        with tm.reusing_buffers():  # nested: the outer block's workspace
+            reused = [_patched(tm, s) for s in (0, 1)]
+        assert tm.workspace is not None
+    assert tm.workspace is None
+    for a, b in zip(fresh, reused):
+        assert (a - b).abs().max() <= 1e-6
+    patched = [s.buffer for s in buffers if s.buffer is not None]  # the two masked runs (not the recordings)
+    assert len(patched) == 2 and patched[0].data_ptr() == patched[1].data_ptr()
+
+
+def test_workspace_hands_out_a_new_tensor_when_the_shape_changes():
+    ws = Workspace()
+    a = ws.empty("x", (2, 3), torch.float32, torch.device("cpu"))
+    assert ws.empty("x", (2, 3), torch.float32, torch.device("cpu")) is a
+    b = ws.empty("x", (3, 3), torch.float32, torch.device("cpu"))
+    assert b.shape == (3, 3) and ws.empty("x", (3, 3), torch.float32, torch.device("cpu")) is b
+    assert ws.empty("x", (3, 3), torch.float64, torch.device("cpu")).dtype == torch.float64
