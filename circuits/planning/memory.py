@@ -19,9 +19,10 @@ model's dtype. What each path holds at its peak:
   (a mask of ``n`` edges counted as changing ``S' (1 - exp(-n / 3S'))`` of the ``S' = S - 1`` nodes, an
   average fitted to EAP-ranked curves, not a bound), and one layer's CHANGED q/k/v inputs. *Dense*
   (``PatchRunner(sparse=False)``, mean/zero ablation, other families): the delta buffer
-  ``[K, B*P, 1+S, d]`` (``RunState.buffer``: the residual being read and S deltas per row) plus every sender's output kept by the run
-  (``RunState.groups``, same size), plus one layer's temporaries: at worst every q/k/v receiver its
-  own input ``[3H, K*B, P, d]`` twice (correction and input, then the normalised input).
+  ``[K, B*P, 1+S, d]`` (``RunState.buffer``: the residual being read and S deltas per row) plus the newest
+  sender outputs (``RunState.groups`` lets older ones go: ``[H+1, K*B, P, d]``), plus one layer's
+  temporaries: at worst every q/k/v receiver its own input ``[3H, K*B, P, d]`` twice (correction and
+  input, then the normalised input).
 * **attribution** (EAP family): the clean and corrupted recordings ``[S, B, P, d]`` (2x), their
   difference in float32, and a forward whose saved activations stay until the backward
   (per layer about four residual-sized tensors, q/k/v/context, and the MLP's hidden layers);
@@ -185,7 +186,8 @@ class _Sizes:
         dense = 2 * 3 * m.n_heads * self.resid(rows) + self.norm_extra(3 * m.n_heads * rows)
         return [("delta buffer", self.senders(rows) + self.resid(rows), "[K, B*P, 1+S, d] the residual read and "
                  "the sender deltas of the K masks"),
-                ("run's sender outputs", self.senders(rows), "[S, K*B, P, d] kept by the masked run"),
+                ("run's sender outputs", self.heads(rows) + self.resid(rows),
+                 "[H+1, K*B, P, d]: the newest sender groups (older ones are let go once in the buffer)"),
                 ("layer temporaries", max(dense, self.layer_transient(rows)) + self.logits(rows),
                  "per-receiver q/k/v inputs [3H, K*B, P, d] (x2) or a layer's activations")]
 

@@ -40,12 +40,14 @@ class RunState:
 
     def __init__(self, layout: GraphLayout, adapter: Adapter, W: PatchWeights | None, reference: torch.Tensor | None,
                  K: int, B: int, on_grad: GradCallback | None, sender_hook: SenderHook | None,
-                 workspace: Workspace | None = None) -> None:
+                 workspace: Workspace | None = None, keep_outputs: bool = True) -> None:
         self.layout, self.adapter, self.workspace = layout, adapter, workspace
         self.W, self.reference, self.K, self.B = W, reference, K, B
         self.on_grad, self.sender_hook = on_grad, sender_hook
-        # (s0, s1, z, shared): z is [n, B', P, d], or [n, B, P, d] shared by all K masks
-        self.groups: list[tuple[int, int, torch.Tensor, bool]] = []
+        # (s0, s1, z, shared): z is [n, B', P, d], or [n, B, P, d] shared by all K masks; None once let go
+        # (buffered runs that need not return them keep the newest group only: see _add)
+        self.groups: list[tuple[int, int, torch.Tensor | None, bool]] = []
+        self.keep_outputs = keep_outputs
         self.deltas: dict[int, torch.Tensor] = {}  # group -> z - z_ref: [n, K, B, P, d] ([n, B, P, d] if shared)
         self.leaves: list[torch.Tensor] = []
         # Without autograd, all deltas live in one [K, B*P, 1+S, d] buffer filled in place (sender s at
@@ -101,6 +103,12 @@ class RunState:
             out.copy_((z.permute(1, 2, 0, 3) - zc)[None])  # one recorded run shared by the K masks: broadcast over K
         else:
             torch.sub(z.view(n, K, B, P, d).permute(1, 2, 3, 0, 4), zc[None], out=out)
+        if not self.keep_outputs and len(self.groups) > 1:
+            # later receivers read these senders' deltas from the buffer, and only the newest group's outputs are
+            # read again (an MLP's input takes off its own layer's heads): older outputs are let go, so a run
+            # holds one layer's, not [S, K*B, P, d], and the allocator can hand their memory to the next layer
+            g0, g1, _, sh = self.groups[-2]
+            self.groups[-2] = (g0, g1, None, sh)
 
     def _removed_sum(self, n: int) -> torch.Tensor:
         """``Σ_s Δ_s`` over senders ``0..n-1`` (what a receiver with every edge removed loses): ``[K, B*P, d]``,
@@ -112,11 +120,14 @@ class RunState:
         self.total_of = n
         return self.total
 
-    def _buffered_input(self, resid: torch.Tensor, Wl: torch.Tensor, masks: slice = slice(None)) -> torch.Tensor:
+    def _buffered_input(self, resid: torch.Tensor, Wl: torch.Tensor, masks: slice = slice(None),
+                        reuse: str | None = None) -> torch.Tensor:
         """``resid - Σ_s w_sr Δ_s`` for the receivers of ``Wl`` [K, n, R] (senders ``0..n-1``; the K masks
         ``masks`` of the buffer) from the buffer: ``resid`` goes into slot 0 and one small matmul per position
         (a position's deltas stay in cache) takes weights ``[1, -w_0r, ..., -w_(n-1)r]`` over slots ``0..n``.
-        ``resid`` [K*B, P, d] -> ``[R, K*B, P, d]`` (a view of ``[K*B, P, R, d]``)."""
+        ``resid`` [K*B, P, d] -> ``[R, K*B, P, d]`` (a view of ``[K*B, P, R, d]``). With ``reuse`` (a name) and a
+        workspace, the result is written into the workspace's tensor of that name: it must be used up before
+        the next call with that name."""
         K, n, R = Wl.shape
         Bp, P, d = resid.shape
         rows = Bp * P  # K * B * P
@@ -124,7 +135,9 @@ class RunState:
         buf[:, :, 0] = resid.view(K, -1, d)  # no [rows, R, d] copy of the residual for the matmul to add to
         coef = torch.cat([Wl.new_ones(K, R, 1), -Wl.transpose(1, 2)], 2)  # [K, R, 1+n]
         coef = coef[:, None].expand(K, rows // K, R, n + 1).reshape(rows, R, n + 1)
-        x = torch.bmm(coef, buf[:, :, :n + 1].reshape(rows, n + 1, d))  # [K*B*P, R, d]
+        out = None if reuse is None or self.workspace is None else self.workspace.empty(
+            reuse, (rows, R, d), resid.dtype, resid.device)
+        x = torch.bmm(coef, buf[:, :, :n + 1].reshape(rows, n + 1, d), out=out)  # [K*B*P, R, d]
         return x.view(Bp, P, R, d).permute(2, 0, 1, 3)
 
     def _delta(self, gi: int) -> torch.Tensor:
@@ -136,7 +149,7 @@ class RunState:
         return self.deltas[gi]
 
     def recorded(self) -> torch.Tensor:
-        """Every sender's output, detached: ``[S, B', P, d]``."""
+        """Every sender's output, detached: ``[S, B', P, d]`` (needs ``keep_outputs``)."""
         return torch.cat([z.detach().repeat(1, self.K, 1, 1) if shared else z.detach() for _, _, z, shared in self.groups], dim=0)
 
     # ------------------------------------------------------------------ reads (receivers)
@@ -150,7 +163,8 @@ class RunState:
             if split is not None:  # few receivers read their own input: shared projections + those few
                 return split
             if bool(self.W[:, :n, r0:r1].any()):  # each receiver its own input; the MLP's (receiver r1) from
-                x_all = self._buffered_input(x, self.W[:, :n, r0:r1 + 1])  # the same pass over the buffer
+                # the same pass over the buffer; projected and (the MLP's row) used up within this layer
+                x_all = self._buffered_input(x, self.W[:, :n, r0:r1 + 1], reuse="layer inputs")
                 self.mlp_partial = (layer, x, x_all[-1], list(range(self.K)))
                 return block.project_own(x_all, lay)  # the MLP's row is not projected
         x_attn = self.receiver_input(x, r0, r1, n, shared_probe=self.adapter.linear_qkv)
@@ -276,6 +290,8 @@ class RunState:
         """Live outputs of senders ``s0:s1`` as ``[n, K|1, B, P, d]`` (1 when shared by every mask)."""
         for g0, g1, z, shared in self.groups:
             if g0 <= s0 and s1 <= g1:
+                if z is None:
+                    raise KeyError(f"senders {s0}:{s1} were let go (keep_outputs=False)")
                 z = z[s0 - g0:s1 - g0]
                 return z[:, None] if shared else z.view(s1 - s0, self.K, self.B, *z.shape[2:])
         raise KeyError(f"senders {s0}:{s1} were not written yet")

@@ -172,7 +172,7 @@ class TracedModel(nn.Module):
         K = 1 if W is None else W.shape[0]
         probe = probe or Probe()
         state = RunState(self.layout, self.adapter, W, None if patch is None else patch.reference, K, B,
-                         probe.on_grad, probe.sender_hook, self.workspace)
+                         probe.on_grad, probe.sender_hook, self.workspace, keep_outputs=record)
         mask = per_mask(causal_mask(attention_mask, B, P, dev), K)  # [B', 1, P, P]
         resid, start = self._start(input_ids, position_ids, state, K, probe.input_requires_grad, resume)
         rot = self.adapter.rotary(resid, per_mask(position_ids, K))
