@@ -1,4 +1,5 @@
-"""Masked runs inside ``TracedModel.reusing_buffers`` share one delta buffer and give the same logits."""
+"""Masked runs inside ``TracedModel.reusing_buffers`` share one delta buffer and give the same logits; a masked
+run that does not record keeps only its newest sender outputs."""
 
 import torch
 from tiny_models import random_batch, tiny_model
@@ -44,3 +45,25 @@ def test_workspace_hands_out_a_new_tensor_when_the_shape_changes():
     b = ws.empty("x", (3, 3), torch.float32, torch.device("cpu"))
     assert b.shape == (3, 3) and ws.empty("x", (3, 3), torch.float32, torch.device("cpu")) is b
     assert ws.empty("x", (3, 3), torch.float64, torch.device("cpu")).dtype == torch.float64
+
+
+def test_a_masked_run_that_does_not_record_lets_older_outputs_go(monkeypatch):
+    tm = TracedModel(tiny_model("gpt2"))
+    states = []
+    init = RunState.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        states.append(self)
+
+    monkeypatch.setattr(RunState, "__init__", spy)
+    clean, corr, am = random_batch()
+    keep = (torch.rand(tm.layout.n_edges, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    with torch.no_grad():
+        ref = tm.run(corr, am, record=True).senders
+        plain = tm.run(clean, am, patch=Patch(keep, ref)).logits
+        rec = tm.run(clean, am, patch=Patch(keep, ref), record=True)
+    held = [[z is not None for _, _, z, _ in s.groups] for s in states[1:]]
+    assert held[0] == [False] * (len(held[0]) - 1) + [True]  # the last MLP's output only
+    assert all(held[1]) and rec.senders.shape[0] == tm.layout.n_senders
+    assert (plain - rec.logits).abs().max() <= 1e-6
