@@ -4,6 +4,7 @@ Prints, from one run on the same batch: bare forward time, traced forward (all e
 ratio (target <= 1.3x), patched forward with a random half-kept edge mask ratio (target <= 1.8x
 for GPT-2, <= 2x for the other families), once as one call and once as one of a loop of masked runs
 that reuse their delta buffer (TracedModel.reusing_buffers, as PatchRunner's loop does), the
+minor page faults of one run of each (first touches of memory the allocator got afresh), the
 same half-kept mask through the sparse masked forward (circuits/runtime/sparse.py; answer-position
 logits, from recorded clean and corrupted runs: no regression, <= 1.8x), and peak-memory growth
 of the patched forward (must stay at the per-node activations: senders x batch x positions x
@@ -30,6 +31,15 @@ from common import BENCH_FAMILIES, bare_forward, family_model, interleaved_best,
 from circuits import Patch, TracedModel  # noqa: E402
 from circuits.runtime import Workspace  # noqa: E402
 from circuits.runtime.sparse import SparseBase, SparseStats, sparse_logits  # noqa: E402
+
+
+def minor_faults(fn) -> int:
+    """Minor page faults (first touches of fresh memory) of one call of ``fn``, every thread of the process."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    fn()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
 def main() -> None:
@@ -82,11 +92,13 @@ def main() -> None:
 
     rss0 = peak_rss_mb()
     # every ratio's two parts are timed in the same rounds (interleaved_best): the machine's speed drifts
-    t = interleaved_best({"bare": bare_forward(model, b), "traced": traced, "patched": patched,
+    bare = bare_forward(model, b)
+    t = interleaved_best({"bare": bare, "traced": traced, "patched": patched,
                           "patched_reused": patched_reused, "patched_at": patched_at, "sparse": sparse}, args.repeats)
     t_bare, t_traced, t_patched, t_reused, t_patched_at, t_sparse = (
         t[k] for k in ("bare", "traced", "patched", "patched_reused", "patched_at", "sparse"))
     rss1 = peak_rss_mb()
+    faults = {k: minor_faults(f) for k, f in (("bare", bare), ("patched", patched), ("loop", patched_reused))}
     S, d = g.n_senders, model.config.hidden_size
     node_mb = S * args.batch * args.tokens * d * 4 / 2**20
     edge_mb = g.n_edges * args.batch * args.tokens * d * 4 / 2**20
@@ -100,6 +112,8 @@ def main() -> None:
     print(f"  in a loop of masks   {t_reused * 1e3:8.1f} ms   ratio {t_reused / t_bare:5.2f}x  (target <= {target}; "
           "the delta buffer reused)")
     print(f"  answer logits only   {t_patched_at * 1e3:8.1f} ms   ratio {t_patched_at / t_bare:5.2f}x")
+    print(f"  minor page faults per run: bare {faults['bare']}, patched {faults['patched']}, "
+          f"in a loop of masks {faults['loop']}")
     sparse_target = "target <= 1.8x; " if args.family == "gpt2" else ""  # #21's target is for the GPT-2-small shape
     print(f"  sparse, same mask    {t_sparse * 1e3:8.1f} ms   ratio {t_sparse / t_bare:5.2f}x  ({sparse_target}"
           f"computes {stats.computed_share():.0%} of the heads and MLPs)")
