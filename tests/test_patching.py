@@ -198,17 +198,3 @@ def test_acdc_recovers_planted_circuit(name):
     res = acdc(model, planted_task(name, n=16, seed=0), 0.1, "kl_div")
     assert torch.equal(res.graph.in_circuit, ground_truth(name).in_circuit)
 
-
-def test_dense_forwards_split_their_masks_on_the_cpu_with_the_same_values(setup):
-    """The general patched forward takes at most ``CPU_LAYER_BYTES`` of per-receiver inputs per layer on the CPU;
-    evaluating the masks one per forward gives the values of all of them in one."""
-    tm, batches = setup
-    masks = (torch.rand(5, tm.layout.n_edges, generator=torch.Generator().manual_seed(0)) > 0.5).float()
-    together = PatchRunner(tm, batches, "logit_diff", sparse=False, max_rows=64)
-    apart = PatchRunner(tm, batches, "logit_diff", sparse=False, max_rows=64)
-    apart.CPU_LAYER_BYTES = 1  # one mask per forward
-    p = together.prepared[0]
-    assert together.dense_masks_per_forward(p) == together.rows_per_forward(p) > 1
-    assert apart.dense_masks_per_forward(p) == 1
-    a, b = together.metric_values(masks), apart.metric_values(masks)
-    assert (a - b).abs().max() <= 1e-5 and a.std() > 0

@@ -78,11 +78,6 @@ class PatchRunner:
     #: (its corrections are one batched matmul per position; benchmarks/bench_curve.py's per-mask table
     #: shows the sparse path losing from about 90 % of the nodes computed)
     DENSE_SHARE = 0.85
-    #: on the CPU, a general patched forward takes only as many masks as keep one layer's per-receiver inputs
-    #: (``[3H+1, K*B, P, d]``) within this many bytes: glibc maps larger blocks afresh on every allocation
-    #: (32 MiB is its ceiling for keeping them), and the page faults then cost more than stacking masks saves
-    #: (a GPT-2 curve's five dense masks in one forward: ~350,000 faults)
-    CPU_LAYER_BYTES = 32 * 2**20
 
     def __init__(
         self,
@@ -242,33 +237,21 @@ class PatchRunner:
         plan = plan_states(self.layout, keep, base.around)
         dense = plan.computed_nodes() > self.DENSE_SHARE * self.layout.n_senders  # [K]
         if not bool(dense.any()):
-            return sparse_logits(self.tm.blocks, self.layout, base, keep, self.sparse_stats, plan)
+            return sparse_logits(self.tm.blocks, self.layout, base, keep, self.sparse_stats, plan, self.tm.workspace)
         out = p.clean_logits.new_empty(len(keep), *p.clean_logits.shape)  # [K, B, 1, V]
         out[dense] = self.patched_logits(p, keep[dense]).view(-1, *p.clean_logits.shape)
         if not bool(dense.all()):
             light = ~dense
             out[light] = sparse_logits(self.tm.blocks, self.layout, base, keep[light], self.sparse_stats,
-                                       plan.select(light)).view(-1, *p.clean_logits.shape)
+                                       plan.select(light), self.tm.workspace).view(-1, *p.clean_logits.shape)
         return out.view(-1, *p.clean_logits.shape[1:])
 
     def patched_logits(self, p: PreparedBatch, keep: torch.Tensor, resume: Prefix | None = None) -> torch.Tensor:
         """Answer-position logits ``[K * B, 1, V]`` of keep-masks ``[K, E]`` from the general patched forward
         (optionally resumed from a recorded prefix)."""
         b = p.batch
-        per = self.dense_masks_per_forward(p)
-        return torch.cat([self.tm.run(b.clean, b.attention_mask, patch=Patch(keep[i:i + per], p.reference),
-                                      logit_positions=b.answer_pos, resume=resume).logits
-                          for i in range(0, len(keep), per)])
-
-    def dense_masks_per_forward(self, p: PreparedBatch) -> int:
-        """Masks of batch ``p`` per general patched forward: :meth:`rows_per_forward`, and on the CPU at most as
-        many as keep one layer's per-receiver inputs within :attr:`CPU_LAYER_BYTES` (at least 1)."""
-        n = self.rows_per_forward(p)
-        if self.tm.device.type != "cpu":
-            return n
-        B, P = p.batch.clean.shape
-        per_mask = (3 * self.layout.n_heads + 1) * B * P * self.tm.adapter.d_model * p.reference.element_size()
-        return max(1, min(n, self.CPU_LAYER_BYTES // per_mask))
+        return self.tm.run(b.clean, b.attention_mask, patch=Patch(keep, p.reference), logit_positions=b.answer_pos,
+                           resume=resume).logits
 
     def rebased(self, around: KeepMask) -> list[SparseBase] | None:
         """Every prepared batch's sparse base rebased on the binary circuit ``around`` ([E]); None where the

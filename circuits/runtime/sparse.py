@@ -50,6 +50,7 @@ from ..graph import GraphLayout
 from ..models.base import Adapter
 from .block import Block, PlainIO, Rotary
 from .masks import causal_mask, default_position_ids
+from .workspace import Workspace
 
 
 class NodeState(IntEnum):
@@ -296,7 +297,7 @@ class _Run:
     """One sparse masked forward of K masks: the CHANGED deltas and how receivers read them."""
 
     def __init__(self, layout: GraphLayout, base: SparseBase, keep: torch.Tensor, plan: StatePlan,
-                 capture: bool = False) -> None:
+                 capture: bool = False, workspace: Workspace | None = None) -> None:
         self.layout, self.base, self.plan = layout, base, plan
         # with one mask, every layer's (q, k, v of that mask's run, corrupted q, k, v): a rebase keeps them
         self.captured: list | None = [] if capture else None
@@ -310,7 +311,10 @@ class _Run:
         counts = self.changed.sum(1)
         self.offset = (torch.cumsum(counts, 0) - counts).tolist()  # first store row of each mask
         # the CHANGED senders' deltas, mask-major: at most K x S rows, like the general path's buffer
-        self.store = base.delta.new_empty(len(pairs), B, P, d)
+        # (from the workspace of a loop over masks: its pages are not faulted in afresh every call)
+        shape = (len(pairs), B, P, d)
+        self.store = (base.delta.new_empty(shape) if workspace is None
+                      else workspace.empty("sparse store", shape, base.delta.dtype, base.delta.device))
         self.full = plan.full
         # rows computed at the answer positions only: zero elsewhere, so that a zero coefficient times
         # them stays zero in the every-position matmuls (they are never read there)
@@ -465,15 +469,17 @@ class _Run:
 
 
 def sparse_logits(blocks: list[Block], layout: GraphLayout, base: SparseBase, keep: torch.Tensor,
-                  stats: SparseStats | None = None, plan: StatePlan | None = None) -> torch.Tensor:
+                  stats: SparseStats | None = None, plan: StatePlan | None = None,
+                  workspace: Workspace | None = None) -> torch.Tensor:
     """Answer-position logits ``[K * B, 1, V]`` (mask-major) under binary keep-masks ``[K, E]``, computing
     only the CHANGED nodes; equal to ``TracedModel.run(clean, patch=Patch(keep, z_corr), logit_positions=at)``
-    whatever circuit ``base`` was rebased on. ``plan``: the masks' :func:`plan_states` when already known.
+    whatever circuit ``base`` was rebased on. ``plan``: the masks' :func:`plan_states` when already known;
+    ``workspace``: where the store of computed deltas comes from (a loop's, see :mod:`.workspace`).
     """
     keep = keep[None] if keep.dim() == 1 else keep
     stats = SparseStats() if stats is None else stats
     plan = plan_states(layout, keep.to(base.delta.device), base.around) if plan is None else plan
-    out = _Run(layout, base, keep.to(base.delta.device), plan).forward(blocks, stats)
+    out = _Run(layout, base, keep.to(base.delta.device), plan, workspace=workspace).forward(blocks, stats)
     stats.masks += keep.shape[0]
     stats.total_heads += keep.shape[0] * layout.n_layers * layout.n_heads
     stats.total_mlps += keep.shape[0] * layout.n_layers

@@ -5,27 +5,32 @@ A masked forward's delta buffer (``RunState.buffer``, ``[K, B*P, 1+S, d]``: 124 
 fresh pages from the operating system and paid a page fault per 4 KiB on first touch: about 30,000
 faults and a tenth of a second of kernel time per run of the benchmark. Runners that evaluate many masks
 open :meth:`~circuits.runtime.TracedModel.reusing_buffers`, and each run of the same shape then takes the
-previous run's buffer from a :class:`Workspace`. Every slot of it is written before it is read.
+previous run's buffer from a :class:`Workspace`, as the sparse masked forward takes its store of computed
+deltas. Every element handed out is written before it is read.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 
 class Workspace:
-    """One held tensor per name, handed out again while the shape, dtype and device stay the same."""
+    """One held block of memory per name, handed out again (as a tensor of the shape asked for) while it is
+    large enough and the dtype and device stay the same."""
 
     def __init__(self) -> None:
-        self._held: dict[str, torch.Tensor] = {}
+        self._held: dict[str, torch.Tensor] = {}  # name -> a flat tensor
 
     def empty(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """An uninitialised tensor like ``torch.empty(shape)``: the one held under ``name`` when it fits exactly,
-        else a new one (the old one is let go first, so the two are never alive together)."""
+        """An uninitialised contiguous tensor like ``torch.empty(shape)``: a view of the block held under
+        ``name`` when that has room, else a new block (the old one is let go first, so the two are never
+        alive together). The previous tensor handed out under ``name`` must no longer be in use."""
+        n = math.prod(shape)
         held = self._held.get(name)
-        if held is not None and held.shape == shape and held.dtype == dtype and held.device == device:
-            return held
-        self._held.pop(name, None)
-        del held
-        self._held[name] = torch.empty(shape, dtype=dtype, device=device)
-        return self._held[name]
+        if held is None or held.numel() < n or held.dtype != dtype or held.device != device:
+            self._held.pop(name, None)
+            del held
+            held = self._held[name] = torch.empty(n, dtype=dtype, device=device)
+        return held[:n].view(shape)

@@ -62,6 +62,23 @@ def test_sparse_equals_general_patched_forward(family):
     assert 0 < stats.at_answer < stats.heads + stats.mlps  # some nodes are read at the answer positions only
 
 
+def test_sparse_store_from_a_workspace_gives_the_same_logits():
+    """The store taken from a loop's workspace (garbage from an earlier call in it) changes nothing."""
+    from circuits.runtime import Workspace
+
+    tm = TracedModel(tiny_model("llama"))
+    clean, corr, mask = random_batch(B=3, P=9)
+    at = torch.tensor([8, 8, 8])
+    base, _ = recorded(tm, clean, corr, mask, at)
+    keep = all_masks(tm)
+    fresh = sparse_logits(tm.blocks, tm.layout, base, keep)
+    ws = Workspace()
+    ws.empty("sparse store", (10**6,), base.delta.dtype, base.delta.device).fill_(float("nan"))
+    for masks in (keep, keep[:3], keep):  # a larger, a smaller, then the larger store again
+        out = sparse_logits(tm.blocks, tm.layout, base, masks, workspace=ws)
+        assert (out - fresh[:len(out)]).abs().max() <= TOL
+
+
 def test_states_of_simple_masks():
     tm = TracedModel(tiny_model("gpt2"))
     lay = tm.layout

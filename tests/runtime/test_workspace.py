@@ -38,13 +38,15 @@ def test_reused_buffer_gives_the_same_logits_and_is_freed_after(monkeypatch):
     assert len(patched) == 2 and patched[0].data_ptr() == patched[1].data_ptr()
 
 
-def test_workspace_hands_out_a_new_tensor_when_the_shape_changes():
-    ws = Workspace()
-    a = ws.empty("x", (2, 3), torch.float32, torch.device("cpu"))
-    assert ws.empty("x", (2, 3), torch.float32, torch.device("cpu")) is a
-    b = ws.empty("x", (3, 3), torch.float32, torch.device("cpu"))
-    assert b.shape == (3, 3) and ws.empty("x", (3, 3), torch.float32, torch.device("cpu")) is b
-    assert ws.empty("x", (3, 3), torch.float64, torch.device("cpu")).dtype == torch.float64
+def test_workspace_hands_out_its_block_while_it_has_room():
+    ws, cpu = Workspace(), torch.device("cpu")
+    a = ws.empty("x", (2, 3), torch.float32, cpu)
+    assert a.shape == (2, 3) and a.is_contiguous()
+    assert ws.empty("x", (3, 2), torch.float32, cpu).data_ptr() == a.data_ptr()  # same block, another shape
+    b = ws.empty("x", (3, 3), torch.float32, cpu)  # more than it holds: a new block
+    assert b.shape == (3, 3) and ws.empty("x", (2, 2), torch.float32, cpu).data_ptr() == b.data_ptr()
+    assert ws.empty("x", (2, 2), torch.float64, cpu).dtype == torch.float64
+    assert ws.empty("y", (2, 2), torch.float32, cpu).data_ptr() != b.data_ptr()  # names do not share
 
 
 def test_a_masked_run_that_does_not_record_lets_older_outputs_go(monkeypatch):
