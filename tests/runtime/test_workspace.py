@@ -1,6 +1,7 @@
 """Masked runs inside ``TracedModel.reusing_buffers`` share one delta buffer and give the same logits; a masked
 run that does not record keeps only its newest sender outputs."""
 
+import pytest
 import torch
 from tiny_models import random_batch, tiny_model
 
@@ -16,17 +17,24 @@ def _patched(tm: TracedModel, seed: int) -> torch.Tensor:
         return tm.run(clean, am, patch=Patch(keep, ref)).logits
 
 
-def test_reused_buffer_gives_the_same_logits_and_is_freed_after(monkeypatch):
-    tm = TracedModel(tiny_model("llama"))
-    fresh = [_patched(tm, s) for s in (0, 1)]
-    buffers = []
+@pytest.fixture
+def states(monkeypatch) -> list[RunState]:
+    """Every RunState built from here on, in order."""
+    built: list[RunState] = []
     init = RunState.__init__
 
     def spy(self, *args, **kwargs):
         init(self, *args, **kwargs)
-        buffers.append(self)
+        built.append(self)
 
     monkeypatch.setattr(RunState, "__init__", spy)
+    return built
+
+
+def test_reused_buffer_gives_the_same_logits_and_is_freed_after(states):
+    tm = TracedModel(tiny_model("llama"))
+    fresh = [_patched(tm, s) for s in (0, 1)]
+    first = len(states)
     with tm.reusing_buffers():
         with tm.reusing_buffers():  # nested: the outer block's workspace
             reused = [_patched(tm, s) for s in (0, 1)]
@@ -34,7 +42,7 @@ def test_reused_buffer_gives_the_same_logits_and_is_freed_after(monkeypatch):
     assert tm.workspace is None
     for a, b in zip(fresh, reused):
         assert (a - b).abs().max() <= 1e-6
-    patched = [s.buffer for s in buffers if s.buffer is not None]  # the two masked runs (not the recordings)
+    patched = [s.buffer for s in states[first:] if s.buffer is not None]  # the two masked runs (not the recordings)
     assert len(patched) == 2 and patched[0].data_ptr() == patched[1].data_ptr()
 
 
@@ -49,16 +57,8 @@ def test_workspace_hands_out_its_block_while_it_has_room():
     assert ws.empty("y", (2, 2), torch.float32, cpu).data_ptr() != b.data_ptr()  # names do not share
 
 
-def test_a_masked_run_that_does_not_record_lets_older_outputs_go(monkeypatch):
+def test_a_masked_run_that_does_not_record_lets_older_outputs_go(states):
     tm = TracedModel(tiny_model("gpt2"))
-    states = []
-    init = RunState.__init__
-
-    def spy(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        states.append(self)
-
-    monkeypatch.setattr(RunState, "__init__", spy)
     clean, corr, am = random_batch()
     keep = (torch.rand(tm.layout.n_edges, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     with torch.no_grad():
