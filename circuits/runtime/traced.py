@@ -108,8 +108,9 @@ class TracedModel(nn.Module):
 
     @contextmanager
     def reusing_buffers(self) -> Iterator[None]:
-        """Within the block, masked runs of one shape share one delta buffer (:mod:`~circuits.runtime.workspace`)
-        instead of allocating one each; it is freed on leaving the outermost such block. For loops over
+        """Within the block, masked runs share their large scratch tensors (the delta buffer, a layer's
+        receiver inputs, the sparse forward's store: :mod:`~circuits.runtime.workspace`) instead of
+        allocating them each run; they are freed on leaving the outermost such block. For loops over
         masks; the runs must be sequential (one run's buffer is the next one's)."""
         if self.workspace is not None:
             yield

@@ -1,12 +1,12 @@
 """Scratch tensors that masked runs reuse instead of allocating afresh.
 
-A masked forward's delta buffer (``RunState.buffer``, ``[K, B*P, 1+S, d]``: 124 MB for GPT-2 small at
+A masked forward's delta buffer (``RunState.buffer``, ``[K, B*P, 1+S, d]``: about 120 MB for GPT-2 small at
 8 x 32 tokens) is too large for the C allocator to keep when it is freed, so on the CPU every run got
-fresh pages from the operating system and paid a page fault per 4 KiB on first touch: about 30,000
-faults and a tenth of a second of kernel time per run of the benchmark. Runners that evaluate many masks
-open :meth:`~circuits.runtime.TracedModel.reusing_buffers`, and each run of the same shape then takes the
-previous run's buffer from a :class:`Workspace`, as the sparse masked forward takes its store of computed
-deltas. Every element handed out is written before it is read.
+fresh pages from the operating system and paid a page fault per 4 KiB on first touch
+(``benchmarks/bench_forward.py`` prints the count per run). Runners that evaluate many masks open
+:meth:`~circuits.runtime.TracedModel.reusing_buffers`, and each run then takes the previous run's
+buffer, its layers' receiver inputs and the sparse masked forward's store of computed deltas from a
+:class:`Workspace`. Every element handed out is written before it is read.
 """
 
 from __future__ import annotations
