@@ -103,7 +103,7 @@ def worker(shape: str | dict, method: str, batch: int, tokens: int, examples: in
     before = proc_status_bytes("VmRSS")
     _run(model, task, method, batch, max_rows, scores)
     measured = proc_status_bytes("VmHWM") - before
-    est = estimate(shape_of(config, dtype), method, tokens, batch, examples, max_rows)
+    est = estimate(shape_of(config, dtype), method, tokens, batch, examples, max_rows, device="cpu")
     params = dict((c[0], c[1]) for c in est.components)["parameters"]
     return {"shape": shape, "method": method, "batch": batch, "tokens": tokens, "examples": examples,
             "max_rows": max_rows, "dtype": dtype, "estimate": est.peak - params, "measured": measured}

@@ -198,3 +198,21 @@ def test_acdc_recovers_planted_circuit(name):
     res = acdc(model, planted_task(name, n=16, seed=0), 0.1, "kl_div")
     assert torch.equal(res.graph.in_circuit, ground_truth(name).in_circuit)
 
+
+
+def test_dense_forwards_split_their_masks_on_the_cpu_with_the_same_values(setup, monkeypatch):
+    """On the CPU the general patched forward stacks at most ``CPU_LAYER_BYTES`` of per-receiver inputs per
+    layer; evaluating the masks one per forward gives the values of all of them in one."""
+    import circuits.patching.runner as runner_module
+
+    tm, batches = setup
+    masks = (torch.rand(5, tm.layout.n_edges, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    runner = PatchRunner(tm, batches, "logit_diff", sparse=False, max_rows=64)
+    p = runner.prepared[0]
+    assert runner.dense_masks_per_forward(p) == runner.rows_per_forward(p) > 1  # a tiny model: no limit
+    together = runner.metric_values(masks)
+    monkeypatch.setattr(runner_module, "cpu_dense_masks", lambda *args: 1)  # one mask per forward
+    assert runner.dense_masks_per_forward(p) == 1
+    apart = runner.metric_values(masks)
+    assert (together - apart).abs().max() <= 1e-5 and together.std() > 0
+

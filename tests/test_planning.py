@@ -155,9 +155,13 @@ def test_curves_count_their_circuits_and_the_sparse_path():
 
     assert curve_edges(1000) == [1, 2, 5, 10, 20, 50, 100, 200, 500]  # the full graph needs no forward
     assert len(curve_edges(GPT2_SMALL.n_edges)) == len(FRACTIONS) - 1
-    sparse = dict((c[0], c[1]) for c in estimate(GPT2_SMALL, "curve", 32, 8, 8).components)
+    # on the CPU the near-dense circuits take the general forward one at a time, and the sparse forward of the
+    # others is the larger part; stacked (other devices), the near-dense circuits' general forward is
+    sparse = dict((c[0], c[1]) for c in estimate(GPT2_SMALL, "curve", 32, 8, 8, device="cpu").components)
+    stacked = dict((c[0], c[1]) for c in estimate(GPT2_SMALL, "curve", 32, 8, 8).components)
     dense = dict((c[0], c[1]) for c in estimate(GPT2_SMALL, "curve", 32, 8, 8, sparse=False).components)
-    assert "changed senders' store" in sparse and "delta buffer" in dense
+    assert "changed senders' store" in sparse and "delta buffer" in stacked and "delta buffer" in dense
+    assert sum(sparse.values()) < sum(stacked.values())
     assert sparse["changed senders' store"] < 9 * (GPT2_SMALL.n_senders - 1) * 8 * 32 * 768 * 4  # fewer than every node
     assert sparse["prepared runs"] > dense["prepared runs"] == prepared_bytes(GPT2_SMALL, 32, 8, sparse=False)
     # more rows than circuits change nothing: the curve has 9 masks to patch
@@ -251,3 +255,13 @@ def test_discover_refuses_before_loading(tmp_path, capsys, args, message):
 def test_plan_refuses_an_unknown_model(tmp_path, capsys):
     code, _, err = _cli(capsys, "plan", "--model", str(tmp_path / "nowhere"), "--method", "eap", "--tokens", "8")
     assert code == 2 and "error: --model" in err
+
+
+def test_planner_models_the_cpu_limit_on_stacked_dense_masks():
+    """On the CPU the runner stacks only as many near-dense masks per general forward as CPU_LAYER_BYTES allows."""
+    from circuits.planning import cpu_dense_masks
+
+    shape = GPT2_SMALL
+    assert cpu_dense_masks(12, 8, 32, 768, 4) == 1 and cpu_dense_masks(4, 2, 8, 64, 4) > 100
+    cpu, stacked = (estimate(shape, "curve", 32, 8, 8, 512, sparse=False, device=d).peak for d in ("cpu", None))
+    assert cpu < stacked

@@ -44,7 +44,8 @@ def _parts(result: dict) -> list[tuple[str, int, str]]:
 
     raw = dict(result["shape"])
     shape = shape_of(AutoConfig.for_model(raw.pop("model_type"), **raw))
-    e = estimate(shape, result["method"], result["tokens"], result["batch"], result["examples"], result["max_rows"])
+    e = estimate(shape, result["method"], result["tokens"], result["batch"], result["examples"], result["max_rows"],
+                 device="cpu")  # measured on the CPU
     return [c for c in e.components if c[0] != "parameters"]
 
 

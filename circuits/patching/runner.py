@@ -33,6 +33,7 @@ from torch import nn
 from ..graph import GraphLayout, KeepMask
 from ..metrics import get_metric, is_higher_better, metric_name
 from ..parallel import PARALLEL_MODES, Parallel, agree, all_reduce_sum, fingerprint, gather_cat, is_main, shard_range, world
+from ..planning import DENSE_SHARE, cpu_dense_masks
 from ..runtime import Patch, Prefix, RunOutput, TracedModel, as_traced
 from ..runtime.sparse import SparseBase, SparseStats, plan_states, sparse_logits, supports_sparse
 from ..tasks import Batch, Task, as_batches, task_metric
@@ -76,8 +77,8 @@ class PatchRunner:
 
     #: a mask that makes more than this share of the nodes computed goes to the general patched forward
     #: (its corrections are one batched matmul per position; benchmarks/bench_curve.py's per-mask table
-    #: shows the sparse path losing from about 90 % of the nodes computed)
-    DENSE_SHARE = 0.85
+    #: shows the sparse path losing from about 90 % of the nodes computed); the memory planner's too
+    DENSE_SHARE = DENSE_SHARE
 
     def __init__(
         self,
@@ -250,8 +251,19 @@ class PatchRunner:
         """Answer-position logits ``[K * B, 1, V]`` of keep-masks ``[K, E]`` from the general patched forward
         (optionally resumed from a recorded prefix)."""
         b = p.batch
-        return self.tm.run(b.clean, b.attention_mask, patch=Patch(keep, p.reference), logit_positions=b.answer_pos,
-                           resume=resume).logits
+        per = self.dense_masks_per_forward(p)
+        return torch.cat([self.tm.run(b.clean, b.attention_mask, patch=Patch(keep[i:i + per], p.reference),
+                                      logit_positions=b.answer_pos, resume=resume).logits
+                          for i in range(0, len(keep), per)])
+
+    def dense_masks_per_forward(self, p: PreparedBatch) -> int:
+        """Masks of batch ``p`` per general patched forward: :meth:`rows_per_forward`, and on the CPU at most as
+        many as keep one layer's per-receiver inputs within :data:`circuits.planning.CPU_LAYER_BYTES`."""
+        n = self.rows_per_forward(p)
+        if self.tm.device.type != "cpu":
+            return n
+        B, P = p.batch.clean.shape
+        return min(n, cpu_dense_masks(self.layout.n_heads, B, P, self.tm.adapter.d_model, p.reference.element_size()))
 
     def rebased(self, around: KeepMask) -> list[SparseBase] | None:
         """Every prepared batch's sparse base rebased on the binary circuit ``around`` ([E]); None where the

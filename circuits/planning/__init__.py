@@ -21,10 +21,22 @@ from .budget import (
     parse_memory,
     runner_plan,
 )
-from .memory import PLAN_METHODS, Estimate, PlanMethod, curve_edges, estimate, format_bytes, prepared_bytes
+from .memory import (
+    CPU_LAYER_BYTES,
+    DENSE_SHARE,
+    PLAN_METHODS,
+    Estimate,
+    PlanMethod,
+    cpu_dense_masks,
+    curve_edges,
+    estimate,
+    format_bytes,
+    prepared_bytes,
+)
 from .shapes import DTYPE_BYTES, ModelShape, load_config, meta_parameter_count, shape_of
 
 __all__ = [
+    "CPU_LAYER_BYTES", "DENSE_SHARE", "cpu_dense_masks",
     "DTYPE_BYTES", "MARGIN", "MAX_ROWS", "MEMORY_FORMS", "PLAN_METHODS", "Estimate", "MemoryBudgetError", "ModelShape", "Plan",
     "PlanMethod", "choose", "choose_for_discover", "curve_edges", "default_budget", "estimate", "format_bytes", "free_memory",
     "load_config", "meta_parameter_count", "parse_memory", "prepared_bytes", "runner_plan", "shape_of",

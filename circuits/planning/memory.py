@@ -22,7 +22,9 @@ model's dtype. What each path holds at its peak:
   ``[K, B*P, 1+S, d]`` (``RunState.buffer``: the residual being read and S deltas per row) plus the newest
   sender outputs (``RunState.groups`` lets older ones go: ``[H+1, K*B, P, d]``), plus one layer's
   temporaries: at worst every q/k/v receiver its own input ``[3H, K*B, P, d]`` twice (correction and
-  input, then the normalised input).
+  input, then the normalised input). A curve's near-dense circuits (more than :data:`DENSE_SHARE` of the
+  nodes changed) take that dense path even when the others take the sparse one; on the CPU
+  (``device="cpu"``) at most :func:`cpu_dense_masks` of them per forward.
 * **attribution** (EAP family): the clean and corrupted recordings ``[S, B, P, d]`` (2x), their
   difference in float32, and a forward whose saved activations stay until the backward
   (per layer about four residual-sized tensors, q/k/v/context, and the MLP's hidden layers);
@@ -58,6 +60,14 @@ MLP_HIDDEN: dict[str, tuple[int, int, int]] = {"gpt2": (4, 5, 4), "gpt_neo": (4,
 saved for the backward, saved with frozen parameters). GPT-2/GPT-Neo's tanh GELU is written in Python
 (several temporaries); the gated (Llama-family) MLP keeps gate, activation, up and product."""
 MLP_GATED = (3, 4, 3)
+DENSE_SHARE = 0.85
+"""A mask that makes more than this share of the heads and MLPs computed takes the general patched forward
+(:class:`~circuits.patching.PatchRunner`'s ``DENSE_SHARE``): a curve's near-dense circuits."""
+CPU_LAYER_BYTES = 32 * 2**20
+"""On the CPU, a general patched forward stacks only as many masks as keep one layer's per-receiver inputs
+``[3H+1, K*B, P, d]`` within this many bytes: glibc hands larger blocks back to the operating system when
+they are freed (32 MiB is its ceiling for keeping them), and faulting them in again every layer cost more
+than stacking the masks saved."""
 RECEIVERS_PER_NODE = 1.6
 """CHANGED q/k/v inputs the sparse path computes per CHANGED node it computes (of a head's three; EAP-ranked
 curves of GPT-2- and Qwen-shaped models measure 1.6-1.7)."""
@@ -203,8 +213,13 @@ class _Sizes:
         return 3 * self.heads(rows) + extra + 2 * self.hidden(rows)
 
 
+def cpu_dense_masks(n_heads: int, rows: int, tokens: int, d_model: int, element_bytes: int) -> int:
+    """Masks per general patched forward on the CPU (:data:`CPU_LAYER_BYTES`), ``rows`` examples each: at least 1."""
+    return max(1, CPU_LAYER_BYTES // ((3 * n_heads + 1) * rows * tokens * d_model * element_bytes))
+
+
 def estimate(shape: ModelShape, method: str, tokens: int, batch: int, examples: int | None = None,
-             max_rows: int = 512, sparse: bool | None = None) -> Estimate:
+             max_rows: int = 512, sparse: bool | None = None, device: str | None = None) -> Estimate:
     """Peak memory of ``method`` on ``examples`` examples of ``tokens`` positions, ``batch`` per forward.
 
     ``examples`` (default: one batch) matters for the methods that prepare every example's
@@ -212,6 +227,8 @@ def estimate(shape: ModelShape, method: str, tokens: int, batch: int, examples: 
     per masked forward (:class:`~circuits.patching.PatchRunner`'s). ``sparse``: whether masked
     forwards take the sparse path (default: where the family supports it, ``shape.sparse``; the
     runner does so under ``patching`` ablation); False models the dense path (``PatchRunner(sparse=False)``).
+    ``device``: ``"cpu"`` models the runner's CPU limit on masks per general patched forward
+    (:data:`CPU_LAYER_BYTES`); None (any other device) models them stacked, which is never less.
     """
     if method not in PLAN_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(PLAN_METHODS)}")
@@ -225,7 +242,8 @@ def estimate(shape: ModelShape, method: str, tokens: int, batch: int, examples: 
     if method in ATTRIBUTION:
         parts = _attribution(z, method, batch)
     else:
-        parts = _patching(z, method, batch, n, max_rows, shape.sparse if sparse is None else bool(sparse) and shape.sparse)
+        parts = _patching(z, method, batch, n, max_rows, shape.sparse if sparse is None else bool(sparse) and shape.sparse,
+                          device == "cpu")
     return Estimate(method, batch, int(tokens), n, int(max_rows), (params, *parts))
 
 
@@ -254,7 +272,8 @@ def _attribution(z: _Sizes, method: str, B: int) -> list[tuple[str, int, str]]:
     return parts
 
 
-def _patching(z: _Sizes, method: str, B: int, n: int, max_rows: int, sparse: bool) -> list[tuple[str, int, str]]:
+def _patching(z: _Sizes, method: str, B: int, n: int, max_rows: int, sparse: bool,
+              cpu: bool = False) -> list[tuple[str, int, str]]:
     m = z.m
     what = "[S, N, P, d] corrupted senders + answer logits" + (", deltas, residuals, q/k/v" if sparse else "")
     parts = [("prepared runs", z.prepared(n, sparse), what.replace("N", f"N={n}", 1))]
@@ -276,10 +295,18 @@ def _patching(z: _Sizes, method: str, B: int, n: int, max_rows: int, sparse: boo
     # worst forward); ACDC tries at most one receiver's in-degree of removals, each keeping most edges
     kept = curve_edges(m.n_edges) if method == "curve" else [m.n_edges - 1] * m.n_senders
     K = min(K, max(len(kept), 1))
-    if sparse:
-        masked = z.sparse_masked(B, sorted(kept)[-K:] or [1])
+    dense_k = min(K, cpu_dense_masks(m.n_heads, B, z.P, m.d_model, z.b)) if cpu else K  # per general forward
+    if not sparse:
+        masked = z.masked(dense_k * B)
+    elif method == "curve":  # the near-dense circuits go to the general patched forward, the others sparse
+        nodes = m.n_senders - 1
+        light = [k for k in sorted(kept) if -math.expm1(-k / (3 * nodes)) <= DENSE_SHARE]
+        n_dense = len(kept) - len(light)
+        paths = [z.sparse_masked(B, light[-K:])] if light else []
+        paths += [z.masked(min(dense_k, n_dense) * B)] if n_dense else []
+        masked = max(paths, key=lambda p: sum(c[1] for c in p)) if paths else z.sparse_masked(B, [1])
     else:
-        masked = z.masked(K * B)
+        masked = z.sparse_masked(B, sorted(kept)[-K:] or [1])
     preparing = z.preparing(B, sparse)
     if preparing > sum(p[1] for p in masked):
         return parts + [("recording a batch", preparing, "the clean run's recording while preparing")]
