@@ -162,6 +162,11 @@ class _Sizes:
         recorded = self.senders(rows) + (self.m.n_layers + 1) * self.resid(rows) if sparse else 0
         return recorded + self.layer_transient(rows)
 
+    def changed_share(self, n: int) -> float:
+        """The share ``1 - exp(-n / 3S')`` of the ``S' = S - 1`` heads and MLPs that a mask of ``n`` edges is counted
+        as changing (see :meth:`sparse_masked`)."""
+        return -math.expm1(-n / (3 * (self.m.n_senders - 1)))
+
     def sparse_masked(self, rows: int, kept: list[int]) -> list[tuple[str, int, str]]:
         """The sparse masked forward of ``len(kept)`` binary masks of ``kept`` edges each, ``rows`` examples
         per mask (:mod:`circuits.runtime.sparse`): only CHANGED nodes are computed, and their deltas stored.
@@ -174,7 +179,7 @@ class _Sizes:
         last layer's peak the store holds every row but that layer's."""
         m = self.m
         K, nodes = len(kept), m.n_senders - 1
-        changed = sum(nodes * -math.expm1(-n / (3 * nodes)) for n in kept)  # store rows, all masks
+        changed = sum(nodes * self.changed_share(n) for n in kept)  # store rows, all masks
         unit = self.resid(rows)  # one node's [B, P, d]
         nc = changed / m.n_layers  # (mask, node) pairs of one layer
         M = RECEIVERS_PER_NODE * nc
@@ -299,8 +304,7 @@ def _patching(z: _Sizes, method: str, B: int, n: int, max_rows: int, sparse: boo
     if not sparse:
         masked = z.masked(dense_k * B)
     elif method == "curve":  # the near-dense circuits go to the general patched forward, the others sparse
-        nodes = m.n_senders - 1
-        light = [k for k in sorted(kept) if -math.expm1(-k / (3 * nodes)) <= DENSE_SHARE]
+        light = [k for k in sorted(kept) if z.changed_share(k) <= DENSE_SHARE]
         n_dense = len(kept) - len(light)
         paths = [z.sparse_masked(B, light[-K:])] if light else []
         paths += [z.masked(min(dense_k, n_dense) * B)] if n_dense else []
