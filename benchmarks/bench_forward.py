@@ -75,11 +75,8 @@ def main() -> None:
     ws = Workspace()
 
     def patched_reused():  # one run of a loop over masks: the previous run's delta buffer is reused
-        tm.workspace = ws
-        try:
+        with tm.reusing_buffers(ws):
             return patched()
-        finally:
-            tm.workspace = None
 
     def patched_at():
         with torch.no_grad():

@@ -107,15 +107,16 @@ class TracedModel(nn.Module):
         self.workspace: Workspace | None = None  # set by reusing_buffers
 
     @contextmanager
-    def reusing_buffers(self) -> Iterator[None]:
+    def reusing_buffers(self, workspace: Workspace | None = None) -> Iterator[None]:
         """Within the block, masked runs share their large scratch tensors (the delta buffer, a layer's
         receiver inputs, the sparse forward's store: :mod:`~circuits.runtime.workspace`) instead of
-        allocating them each run; they are freed on leaving the outermost such block. For loops over
-        masks; the runs must be sequential (one run's buffer is the next one's)."""
+        allocating them each run; they are let go on leaving the outermost such block, unless the caller
+        holds ``workspace`` (to keep them across blocks). For loops over masks; the runs must be sequential
+        (one run's buffer is the next one's)."""
         if self.workspace is not None:
             yield
             return
-        self.workspace = Workspace()
+        self.workspace = workspace or Workspace()
         try:
             yield
         finally:

@@ -46,6 +46,18 @@ def test_reused_buffer_gives_the_same_logits_and_is_freed_after(states):
     assert len(patched) == 2 and patched[0].data_ptr() == patched[1].data_ptr()
 
 
+def test_a_held_workspace_keeps_the_buffer_across_blocks(states):
+    tm = TracedModel(tiny_model("llama"))
+    ws = Workspace()
+    first = len(states)
+    for seed in (0, 1):
+        with tm.reusing_buffers(ws):
+            _patched(tm, seed)
+        assert tm.workspace is None
+    patched = [s.buffer for s in states[first:] if s.buffer is not None]
+    assert len(patched) == 2 and patched[0].data_ptr() == patched[1].data_ptr()
+
+
 def test_workspace_hands_out_its_block_while_it_has_room():
     ws, cpu = Workspace(), torch.device("cpu")
     a = ws.empty("x", (2, 3), torch.float32, cpu)
