@@ -31,7 +31,7 @@ from common import bare_forward, best_time, interleaved_best, parser, peak_rss_m
 
 from circuits.evaluation import MIB_FRACTIONS, curve_masks, faithfulness_curve  # noqa: E402
 from circuits.patching import PatchRunner  # noqa: E402
-from circuits.runtime.sparse import plan_states  # noqa: E402
+from circuits.runtime.node_states import plan_states  # noqa: E402
 from circuits.scores import attribute  # noqa: E402
 
 

@@ -35,7 +35,8 @@ from ..metrics import get_metric, is_higher_better, metric_name
 from ..parallel import PARALLEL_MODES, Parallel, agree, all_reduce_sum, fingerprint, gather_cat, is_main, shard_range, world
 from ..planning import DENSE_SHARE, cpu_dense_masks
 from ..runtime import Patch, Prefix, RunOutput, TracedModel, as_traced
-from ..runtime.sparse import SparseBase, SparseStats, plan_states, sparse_logits, supports_sparse
+from ..runtime.node_states import plan_states, supports_sparse
+from ..runtime.sparse import SparseBase, SparseStats, sparse_logits
 from ..tasks import Batch, Task, as_batches, task_metric
 
 Ablation = Literal["patching", "mean", "zero"]

@@ -99,7 +99,7 @@ def shape_of(config: Any, dtype: str = "float32", n_params: int | None = None) -
         family=cls.family, n_layers=g["n_layers"], n_heads=g["n_heads"], n_kv_heads=cls.kv_heads(config),
         d_model=d, head_dim=cls.get_head_dim(config), d_ff=int(d_ff), vocab=int(config.vocab_size),
         n_params=0, parallel_attn_mlp=g["parallel_attn_mlp"],
-        sparse=bool(cls.__dict__.get("additive_residual", False)),  # as runtime.sparse.supports_sparse reads it
+        sparse=bool(cls.__dict__.get("additive_residual", False)),  # as runtime.node_states.supports_sparse reads it
     ).with_dtype(dtype)
     count = n_params if n_params is not None else meta_parameter_count(config)
     return ModelShape(**{**shape.__dict__, "n_params": int(count)})

@@ -6,7 +6,8 @@ from tiny_models import FAMILIES, POST_NORM_FAMILIES, random_batch, sensitive_ll
 
 from circuits import Patch, TracedModel
 from circuits.patching import PatchRunner
-from circuits.runtime.sparse import BASE, CHANGED, CORRUPTED, SparseBase, SparseStats, plan_states, sparse_logits
+from circuits.runtime.node_states import BASE, CHANGED, CORRUPTED, plan_states, supports_sparse
+from circuits.runtime.sparse import SparseBase, SparseStats, sparse_logits
 from circuits.tasks.base import Batch
 
 TOL = 1e-5
@@ -155,7 +156,6 @@ def test_runner_sparse_equals_general(ablation):
 def test_adapter_must_opt_in():
     """A family derived from an opted-in one falls back until it declares additive_residual itself."""
     from circuits.models.llama import LlamaAdapter
-    from circuits.runtime.sparse import supports_sparse
 
     class PostNorm(LlamaAdapter):
         pass
@@ -168,7 +168,6 @@ def test_adapter_must_opt_in():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_exactly_the_additive_families_take_the_sparse_path(family):
     """Post-norm families (head outputs not additive) fall back to the general patched forward."""
-    from circuits.runtime.sparse import supports_sparse
 
     assert supports_sparse(TracedModel(tiny_model(family)).adapter) == (family not in POST_NORM_FAMILIES)
 
