@@ -54,6 +54,46 @@ def test_answer_position_logits_equal_full_run(family):
         assert (resumed - at).abs().max() <= TOL
 
 
+def test_patched_answer_position_logits_equal_full_run(family):
+    """Patched (buffered) runs with logit_positions run the last layer's queries, heads and MLP at those
+    positions only; the logits must equal the full patched run's there, for masks that patch nothing,
+    everything, a random half (per-receiver inputs), a few receivers (the shared/own split), continuous
+    weights, a last layer left unpatched, with left padding and resumed from a recorded prefix."""
+    _, model, tm = family
+    clean, corr, mask = random_batch(P=12)
+    g = tm.layout
+    pos = torch.tensor([11, 7, 11, 3])[: clean.shape[0]].clamp(max=clean.shape[1] - 1)
+    gen = torch.Generator().manual_seed(1)
+    keep = [torch.ones(g.n_edges), torch.zeros(g.n_edges), (torch.rand(g.n_edges, generator=gen) > 0.5).float(),
+            (torch.rand(g.n_edges, generator=gen) > 0.03).float(), torch.rand(g.n_edges, generator=gen)]
+    untouched = (torch.rand(g.n_edges, generator=gen) > 0.5).float()
+    r0, _ = g.attn_receivers(g.n_layers - 1)
+    untouched[g.edge_receiver >= r0] = 1.0  # every edge into the last layer and the logits kept
+    keep = torch.stack(keep + [untouched])
+    rows = torch.arange(clean.shape[0])
+    with torch.no_grad():
+        ref = tm.run(corr, mask, record=True, record_resid=True)
+        for k in [keep, keep[2]]:  # all masks in one run, and one mask alone
+            full = tm.run(clean, mask, patch=Patch(k, ref.senders)).logits.view(-1, clean.shape[0], *ref.logits.shape[1:])
+            at = tm.run(clean, mask, patch=Patch(k, ref.senders), logit_positions=pos).logits
+            assert at.shape[1] == 1
+            assert (at.view(full.shape[0], clean.shape[0], -1) - full[:, rows, pos]).abs().max() <= TOL
+        # the last MLP really ran at the answer positions only (buffered families; post-norm ones run it in full)
+        seen, blk = [], tm.blocks[-1]
+        blk.mlp = lambda x, f=blk.mlp: seen.append(x.shape[-2]) or f(x)
+        try:
+            tm.run(clean, mask, patch=Patch(keep[2], ref.senders), logit_positions=pos)
+        finally:
+            del blk.mlp
+        assert seen == [clean.shape[1] if tm.adapter.post_norm else 1]
+        last = g.n_layers - 1
+        from circuits.runtime import Prefix
+        prefix = Prefix(last, ref.resid[last], ref.senders)
+        full = tm.run(clean, mask, patch=Patch(keep[2], ref.senders), resume=prefix).logits
+        at = tm.run(clean, mask, patch=Patch(keep[2], ref.senders), resume=prefix, logit_positions=pos).logits
+        assert (at[:, 0] - full[rows, pos]).abs().max() <= TOL
+
+
 def test_receiver_classes_equal_per_receiver_path(family):
     """Without autograd, a patched layer splits its q/k/v receivers into kept / fully patched /
     mixed (own input); it must equal the per-group einsum path used under autograd."""

@@ -155,6 +155,19 @@ class Block:
         ctx = a.attend(self.layer, q, k, v, mask, q_pos=q_pos)
         return a.head_outputs(self.layer, ctx)
 
+    def project_tail(self, xq: torch.Tensor, xkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`project_own` for the answer-position tail: the queries' own inputs ``xq`` [H, B', 1, d] and the
+        keys' and values' ``xkv`` [2H, B', P, d] (head-major, k then v) -> q ``[B', H, 1, dh]``, k, v
+        ``[B', H, P, dh]`` (k/v per query head)."""
+        H = xq.shape[0]
+        fq, fkv = self._fold(xq), self._fold(xkv)
+        if fq is None or fkv is None:
+            hkv = in_memory_order(self.receiver_norm, xkv).view(H, 2, *xkv.shape[1:])
+            return self.adapter.project_qkv(self.layer, self.receiver_norm(xq), hkv[:, 0], hkv[:, 1])
+        kv, scale = xkv.view(H, 2, *xkv.shape[1:]), fkv.scale.view(H, 2, *fkv.scale.shape[1:])
+        folds = (fq, NormFold(fkv.weight, scale[:, 0]), NormFold(fkv.weight, scale[:, 1]))
+        return self.adapter.project_qkv(self.layer, xq, kv[:, 0], kv[:, 1], folds)
+
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         """Normalisation and MLP (output bias included; post-feed-forward norm where the model has one)
         of the receiver input ``x``: the sender ``m{l}``'s output."""

@@ -17,7 +17,7 @@ import torch
 
 from ..graph import GraphLayout, PatchWeights
 from ..models.base import Adapter
-from .block import Block
+from .block import Block, PlainIO
 from .postnorm import AttnLayer, post_norm_input
 from .workspace import Workspace
 
@@ -65,6 +65,9 @@ class RunState:
         # (layer, residual its attention read, MLP inputs over the senders before that attention [m*B, P, d],
         # the m masks they are of): what the q/k/v inputs' pass over the buffer also computed (see qkv)
         self.mlp_partial: tuple[int, torch.Tensor, torch.Tensor, list[int]] | None = None
+        # the answer-position tail (buffered runs): [B'] positions at which the last layer's queries, heads
+        # and MLP are computed (see qkv); None before it
+        self.tail_at: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ writes (senders)
     def emit(self, s0: int, s1: int, z: torch.Tensor) -> torch.Tensor:
@@ -97,12 +100,20 @@ class RunState:
             shape = (K, B * P, 1 + self.layout.n_senders, d)
             self.buffer = (torch.empty(shape, dtype=z.dtype, device=z.device) if self.workspace is None
                            else self.workspace.empty("deltas", shape, z.dtype, z.device))
-        zc = self.reference[s0:s1].to(z.dtype).permute(1, 2, 0, 3)  # [Bc, Pc, n, d]
-        out = self.buffer.view(K, B, P, -1, d)[:, :, :, 1 + s0:1 + s1]  # written in place: one pass, no temporaries
-        if shared:
+        zc = self.reference[s0:s1].to(z.dtype)  # [n, Bc, Pc, d]
+        if self.tail_at is not None:  # the tail's outputs [n, B', 1, d]: at the answer positions only
+            P = self.buffer.shape[1] // B
+            at, ex = self.tail_at[:B], torch.arange(B, device=z.device)  # the same positions for every mask
+            zc = zc.expand(n, B, P, d)[:, ex, at]  # [n, B, d]
+            self.buffer.view(K, B, P, -1, d)[:, ex, at, 1 + s0:1 + s1] = (
+                z.view(n, K, B, d) - zc[:, None]).permute(1, 2, 0, 3)
+        elif shared:
+            zc = zc.permute(1, 2, 0, 3)  # [Bc, Pc, n, d]
+            out = self.buffer.view(K, B, P, -1, d)[:, :, :, 1 + s0:1 + s1]  # written in place: no temporaries
             out.copy_((z.permute(1, 2, 0, 3) - zc)[None])  # one recorded run shared by the K masks: broadcast over K
         else:
-            torch.sub(z.view(n, K, B, P, d).permute(1, 2, 3, 0, 4), zc[None], out=out)
+            out = self.buffer.view(K, B, P, -1, d)[:, :, :, 1 + s0:1 + s1]  # written in place: one pass
+            torch.sub(z.view(n, K, B, P, d).permute(1, 2, 3, 0, 4), zc.permute(1, 2, 0, 3)[None], out=out)
         if not self.keep_outputs and len(self.groups) > 1:
             # later receivers read these senders' deltas from the buffer, and only the newest group's outputs are
             # read again (an MLP's input takes off its own layer's heads): older outputs are let go, so a run
@@ -158,6 +169,8 @@ class RunState:
         layer, lay = block.layer, self.layout
         r0, r1 = lay.attn_receivers(layer)
         n = lay.senders_before_attn(layer)
+        if at is not None:
+            return self._tail_qkv(block, x, at, r0, r1, n)
         if self.buffered:
             split = self._split_qkv(block, x, r0, r1, n)
             if split is not None:  # few receivers read their own input: shared projections + those few
@@ -178,27 +191,43 @@ class RunState:
 
     def mlp_input(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         part, self.mlp_partial = self.mlp_partial, None
+        r = self.layout.mlp_receiver(layer)
+        if self.tail_at is not None:  # x: [B', 1, d], the residual at the answer positions
+            W = self.W[:, :self.layout.senders_before_mlp(layer), r:r + 1]
+            return self._input_at(x[:, 0], W)[0] if bool(W.any()) else x
         if part is not None and part[0] == layer:
             return self._finish_mlp_input(layer, x, *part[1:])
-        r = self.layout.mlp_receiver(layer)
         x_in = self.receiver_input(x, r, r + 1, self.layout.senders_before_mlp(layer))
         return x if x_in is None else x_in[0]
 
-    def logits_input(self, x: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+    def logits_input(self, x: torch.Tensor, at: torch.Tensor | None = None, tail: bool = False) -> torch.Tensor:
         """The logits receiver's input ``[B', P, d]`` from the final residual ``x``; with ``at`` (``[B']``
-        positions) only there: ``[B', 1, d]``."""
+        positions) only there: ``[B', 1, d]``. With ``tail`` the last layer ran at ``at`` only, and ``x`` is
+        already ``[B', 1, d]`` there."""
         r, S = self.layout.logits_receiver, self.layout.n_senders
         if at is not None and self.buffered and bool(self.W[:, :, r].any()):
             # the answer rows of the residual and of the delta buffer only: P times less to read
-            Bp, P, d = x.shape
-            rows = torch.arange(Bp, device=x.device) * P + at  # rows of [B'*P, ...]
-            resid = x.reshape(Bp * P, d)[rows]  # [B', d]
-            buf = self.buffer.view(Bp * P, 1 + S, d)[rows, 1:]  # [B', S, d]
-            w = self.W[:, :, r].repeat_interleave(self.B, 0)[:, None]  # [B', 1, S]: each row its mask's weights
-            return torch.baddbmm(resid[:, None], w, buf, alpha=-1)  # [B', 1, d]
+            Bp, d = x.shape[0], x.shape[-1]
+            resid = x[:, 0] if tail else x.reshape(-1, d)[torch.arange(Bp, device=x.device) * x.shape[1] + at]
+            return self._input_at(resid, self.W[:, :, r:r + 1], at)[0]  # [B', 1, d]
+        if tail:
+            return x
         x_in = self.receiver_input(x, r, r + 1, S)
         x_in = x if x_in is None else x_in[0]
         return x_in if at is None else Block.rows_at(x_in, at)
+
+    def _input_at(self, resid: torch.Tensor, Wl: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """Inputs at the answer positions ``at`` (default: the tail's) of the receivers of ``Wl`` [K, n, R]
+        (senders ``0..n-1``), from the residual there ``resid`` [B', d] and the buffer's rows there:
+        ``[R, B', 1, d]``."""
+        at = self.tail_at if at is None else at
+        K, n, R = Wl.shape
+        Bp, d = resid.shape
+        rows = torch.arange(Bp, device=resid.device) * (self.buffer.shape[1] // self.B) + at  # rows of [B'*P, ...]
+        buf = self.buffer.view(-1, self.buffer.shape[2], d)[rows, 1:1 + n]  # [B', n, d]
+        w = Wl.transpose(1, 2).repeat_interleave(self.B, 0)  # [B', R, n]: each row its mask's weights
+        x = torch.baddbmm(resid[:, None], w, buf, alpha=-1)  # [B', R, d]
+        return x.permute(1, 0, 2)[:, :, None]
 
     def receiver_input(self, resid: torch.Tensor, r0: int, r1: int, n_senders: int,
                        shared_probe: bool = False) -> torch.Tensor | None:
@@ -236,6 +265,29 @@ class RunState:
             cb, senders, idx = self.on_grad, slice(0, n_senders), torch.arange(r0, r1, device=resid.device)
             x.register_hook(lambda grad: cb(idx, senders, grad))
         return x
+
+    def _tail_qkv(self, block, x: torch.Tensor, at: torch.Tensor, r0: int, r1: int, n: int):
+        """q (``[B', H, 1, dh]``, at the positions ``at``), k, v (``[B', H, P, dh]``) of the last layer when only
+        the answer logits count (buffered runs): the queries' inputs are assembled at ``at`` only; the layer's
+        heads and MLP then write and read the buffer there (:meth:`_add`, :meth:`mlp_input`)."""
+        if self.W is None or not self.buffered:
+            raise ValueError("the answer-position tail needs a buffered patched run (no probes, no records)")
+        self.tail_at = at
+        Wl = self.W[:, :n, r0:r1]
+        split = self._split_qkv(block, x, r0, r1, n) if bool(Wl.any()) else None
+        self.mlp_partial = None  # the tail's MLP input is assembled at ``at`` (mlp_input)
+        if split is not None:  # few receivers read their own input: the split path, queries taken at ``at``
+            q, k, v = split
+            return q[torch.arange(len(at), device=at.device), :, at][:, :, None], k, v
+        if not bool(Wl.any()):
+            return PlainIO().qkv(block, x, at)
+        H = self.layout.n_heads
+        slot = torch.arange(3 * H, device=x.device) % 3
+        x_kv = self._buffered_input(x, Wl[:, :, slot != 0], reuse="layer inputs")  # [2H, B', P, d]
+        Bp, d = x.shape[0], x.shape[-1]
+        resid = x.reshape(-1, d)[torch.arange(Bp, device=x.device) * x.shape[1] + at]  # [B', d]
+        x_q = self._input_at(resid, Wl[:, :, slot == 0])  # [H, B', 1, d]
+        return block.project_tail(x_q, x_kv)
 
     def _finish_mlp_input(self, layer: int, x: torch.Tensor, before: torch.Tensor, partial: torch.Tensor,
                           masks: list[int]) -> torch.Tensor:

@@ -179,9 +179,11 @@ class TracedModel(nn.Module):
         resid, start = self._start(input_ids, position_ids, state, K, probe.input_requires_grad, resume)
         rot = self.adapter.rotary(resid, per_mask(position_ids, K))
         plain = W is None and probe == Probe() and not record and not record_resid
-        # Only the answer positions' logits wanted and nothing to patch, probe or record: the
-        # last layer need only run its queries and MLP there (keys/values still see all).
-        tail = plain and logit_positions is not None and start < self.layout.n_layers
+        # Only the answer positions' logits wanted and nothing to probe or record (nor to patch, or patched
+        # through the delta buffer): the last layer need only run its queries, heads and MLP there (keys and
+        # values still see every position).
+        quiet = probe == Probe() and not record and not record_resid
+        tail = (plain or (quiet and state.buffered)) and logit_positions is not None and start < self.layout.n_layers
         at = per_mask(logit_positions.to(dev).long(), K) if logit_positions is not None else None
         io = PlainIO() if plain else state
         resids = [] if record_resid else None
@@ -192,7 +194,7 @@ class TracedModel(nn.Module):
             resid = self.blocks[layer].forward(resid, io, rot, mask, at if (tail and last) else None)
         if resids is not None:
             resids.append(resid)
-        final = state.logits_input(resid, None if tail else at)  # [B', 1, d] with logit_positions
+        final = state.logits_input(resid, at, tail)  # [B', 1, d] with logit_positions
         logits = self.adapter.unembed(final)
         return RunOutput(logits, state.recorded() if record else None, state.leaves, resids)
 
