@@ -265,3 +265,18 @@ def test_planner_models_the_cpu_limit_on_stacked_dense_masks():
     assert cpu_dense_masks(12, 8, 32, 768, 4) == 1 and cpu_dense_masks(4, 2, 8, 64, 4) > 100
     cpu, stacked = (estimate(shape, "curve", 32, 8, 8, 512, sparse=False, device=d).peak for d in ("cpu", None))
     assert cpu < stacked
+
+
+def test_plans_for_the_cpu_use_its_limit():
+    """choose (and the CLI's plans through it) passes the device to estimate: with a budget between the CPU
+    estimate and the stacked upper bound, a CPU plan keeps the batch that the device-less plan must lower;
+    "cuda:0" plans like the stacked bound, and "cpu:0" like "cpu"."""
+    shape = GPT2_SMALL
+    cpu, stacked = (estimate(shape, "curve", 32, 8, 8, 512, sparse=False, device=d).peak for d in ("cpu", None))
+    budget = (cpu + stacked) // 2
+    on_cpu = choose(shape, "curve", 32, 8, budget, 8, sparse=False, device="cpu")
+    assert on_cpu.batch == 8 and on_cpu.estimate.peak <= budget
+    for device in (None, "cuda:0"):
+        anywhere = choose(shape, "curve", 32, 8, budget, 8, sparse=False, device=device)
+        assert (anywhere.batch, anywhere.max_rows) < (on_cpu.batch, on_cpu.max_rows)
+    assert estimate(shape, "curve", 32, 8, 8, 512, sparse=False, device="cpu:0").peak == cpu

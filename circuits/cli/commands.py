@@ -434,7 +434,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise UsageError(f"--model {args.model}: {one_line(err, 300)}") from None
     budget = args.max_memory if args.max_memory is not None else default_budget(args.device)
     source = "--max-memory" if args.max_memory is not None else f"free memory of {args.device} less a margin"
-    est = estimate(shape, args.method, args.tokens, args.batch, args.examples)
+    est = estimate(shape, args.method, args.tokens, args.batch, args.examples, device=args.device)
     print(f"{args.model}: {shape.family}, {shape.n_layers} layers x {shape.n_heads} heads (kv {shape.n_kv_heads}), "
           f"d {shape.d_model}, {shape.n_params:,} parameters, {shape.dtype}; {shape.n_edges:,} edges")
     rows = "" if args.method in ATTRIBUTION else f", {est.max_rows} rows per masked forward"
@@ -442,7 +442,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(est.table())
     print(f"budget: {format_bytes(budget)} ({source})")
     try:
-        plan = choose(shape, args.method, args.tokens, args.batch, budget, args.examples)
+        plan = choose(shape, args.method, args.tokens, args.batch, budget, args.examples, device=args.device)
     except MemoryBudgetError as err:
         print(f"does not fit: {err}")
         return 1

@@ -372,9 +372,10 @@ def check_memory(args: argparse.Namespace, model: Model, task: Any, train: Any, 
     try:
         if args.command == "discover":
             plan = choose_for_discover(shape, args.method, tokens, args.batch_size, budget, n_train, n_test,
-                                       batch_fixed=fixed, faithfulness=args.faithfulness is not None)
+                                       batch_fixed=fixed, faithfulness=args.faithfulness is not None,
+                                       device=args.device)
         else:
-            plan = choose(shape, "curve", tokens, args.batch_size, budget, n_test, batch_fixed=fixed)
+            plan = choose(shape, "curve", tokens, args.batch_size, budget, n_test, batch_fixed=fixed, device=args.device)
     except MemoryBudgetError as err:
         source = "--max-memory" if args.max_memory is not None else "the free memory of --device " + args.device
         raise UsageError(f"{err} (budget: {source}; see `circuits plan`)") from None

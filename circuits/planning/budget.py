@@ -98,25 +98,27 @@ class Plan:
 
 
 def choose(shape: ModelShape, method: str, tokens: int, batch: int, budget: int, examples: int | None = None,
-           batch_fixed: bool = False, max_rows: int = MAX_ROWS, sparse: bool | None = None) -> Plan:
+           batch_fixed: bool = False, max_rows: int = MAX_ROWS, sparse: bool | None = None,
+           device: str | None = None) -> Plan:
     """The largest batch <= ``batch`` (exactly ``batch`` if ``batch_fixed``) and the most rows per masked
     forward <= ``max_rows`` whose estimate fits ``budget`` bytes; :class:`MemoryBudgetError` otherwise.
 
     Masked forwards take the sparse path where the family has it (``sparse`` None or True); when that
     does not fit (its recorded runs grow with the examples) but the dense path does with a larger
     batch, the plan says ``sparse=False`` and the runner must be built with ``PatchRunner(sparse=False)``.
+    ``device``: where the run goes (``"cpu"``, ``"cuda:0"``, ...; see :func:`~circuits.planning.estimate`).
     """
     use_sparse = shape.sparse if sparse is None else bool(sparse) and shape.sparse
     if method in ATTRIBUTION or not use_sparse:
-        return _choose(shape, method, tokens, batch, budget, examples, batch_fixed, max_rows, use_sparse)
+        return _choose(shape, method, tokens, batch, budget, examples, batch_fixed, max_rows, use_sparse, device)
     try:
-        plan = _choose(shape, method, tokens, batch, budget, examples, batch_fixed, max_rows, True)
+        plan = _choose(shape, method, tokens, batch, budget, examples, batch_fixed, max_rows, True, device)
     except MemoryBudgetError:
         plan = None
     if plan is not None and plan.batch == min(int(batch), max(int(examples or batch), 1)):
         return plan
     try:
-        dense = _choose(shape, method, tokens, batch, budget, examples, batch_fixed, max_rows, False)
+        dense = _choose(shape, method, tokens, batch, budget, examples, batch_fixed, max_rows, False, device)
     except MemoryBudgetError:
         if plan is None:
             raise
@@ -125,11 +127,11 @@ def choose(shape: ModelShape, method: str, tokens: int, batch: int, budget: int,
 
 
 def _choose(shape: ModelShape, method: str, tokens: int, batch: int, budget: int, examples: int | None,
-            batch_fixed: bool, max_rows: int, sparse: bool) -> Plan:
+            batch_fixed: bool, max_rows: int, sparse: bool, device: str | None) -> Plan:
     n = max(int(examples or batch), 1)
 
     def fits(b: int, rows: int) -> Estimate | None:
-        e = estimate(shape, method, tokens, b, n, rows, sparse)
+        e = estimate(shape, method, tokens, b, n, rows, sparse, device)
         return e if e.peak <= budget else None
 
     def best_rows(b: int) -> Plan | None:
@@ -144,7 +146,7 @@ def _choose(shape: ModelShape, method: str, tokens: int, batch: int, budget: int
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if fits(b, mid * b) else (lo, mid - 1)
         rows = max_rows if lo == k_hi else lo * b
-        return Plan(b, rows, estimate(shape, method, tokens, b, n, rows, sparse), budget, sparse)
+        return Plan(b, rows, estimate(shape, method, tokens, b, n, rows, sparse, device), budget, sparse)
 
     batch = min(int(batch), n)
     plan = best_rows(batch)
@@ -153,7 +155,7 @@ def _choose(shape: ModelShape, method: str, tokens: int, batch: int, budget: int
     largest = _largest_batch(best_rows, batch)
     if largest is not None and not batch_fixed:
         return largest
-    at = estimate(shape, method, tokens, batch if batch_fixed else 1, n, batch if batch_fixed else 1, sparse)
+    at = estimate(shape, method, tokens, batch if batch_fixed else 1, n, batch if batch_fixed else 1, sparse, device)
     raise MemoryBudgetError(_refusal(at, budget, largest, batch_fixed))
 
 
@@ -172,9 +174,9 @@ def runner_plan(model: Any, batches: list[Any], sparse: bool = True, device: str
     n = sum(len(b) for b in batches)
     budget = default_budget(device) if budget is None else int(budget)
     try:
-        return choose(shape, "acdc", tokens, batch, budget, n, batch_fixed=True, sparse=sparse)
+        return choose(shape, "acdc", tokens, batch, budget, n, batch_fixed=True, sparse=sparse, device=device)
     except MemoryBudgetError:
-        return Plan(batch, batch, estimate(shape, "acdc", tokens, batch, n, batch, sparse), budget, sparse)
+        return Plan(batch, batch, estimate(shape, "acdc", tokens, batch, n, batch, sparse, device), budget, sparse)
 
 
 def _largest_batch(best_rows, batch: int) -> Plan | None:
@@ -200,7 +202,8 @@ def _refusal(at: Estimate, budget: int, largest: Plan | None, batch_fixed: bool)
 
 
 def choose_for_discover(shape: ModelShape, method: str, tokens: int, batch: int, budget: int, n_train: int,
-                        n_test: int, *, batch_fixed: bool = False, faithfulness: bool = False) -> Plan:
+                        n_test: int, *, batch_fixed: bool = False, faithfulness: bool = False,
+                        device: str | None = None) -> Plan:
     """One batch and ``max_rows`` for all of :func:`circuits.discover`: scoring on the training split, then
     evaluation and the curve on the test split (with a faithfulness target the training split's prepared
     runs stay alive throughout). Returns the plan of the phase with the higher peak."""
@@ -209,11 +212,11 @@ def choose_for_discover(shape: ModelShape, method: str, tokens: int, batch: int,
     if budget - reserve <= 0:
         at = estimate(shape, "curve", tokens, 1, n_train, 1)
         raise MemoryBudgetError(_refusal(at, budget, None, False))
-    phases = [choose(shape, method, tokens, batch, budget - scoring_reserve, n_train, batch_fixed),
-              choose(shape, "curve", tokens, batch, budget - reserve, n_test, batch_fixed)]
+    phases = [choose(shape, method, tokens, batch, budget - scoring_reserve, n_train, batch_fixed, device=device),
+              choose(shape, "curve", tokens, batch, budget - reserve, n_test, batch_fixed, device=device)]
     b = min(p.batch for p in phases)
     rows = min(p.max_rows for p in phases)
     sparse = all(p.sparse for p in phases)
-    final = [estimate(shape, m, tokens, b, n, rows, sparse) for m, n in ((method, n_train), ("curve", n_test))]
+    final = [estimate(shape, m, tokens, b, n, rows, sparse, device) for m, n in ((method, n_train), ("curve", n_test))]
     worst = max(final, key=lambda e: e.peak)
     return Plan(b, rows, worst, budget, sparse)

@@ -233,7 +233,7 @@ def estimate(shape: ModelShape, method: str, tokens: int, batch: int, examples: 
     forwards take the sparse path (default: where the family supports it, ``shape.sparse``; the
     runner does so under ``patching`` ablation); False models the dense path (``PatchRunner(sparse=False)``).
     ``device``: ``"cpu"`` models the runner's CPU limit on masks per general patched forward
-    (:data:`CPU_LAYER_BYTES`); None (any other device) models them stacked, which is never less.
+    (:data:`CPU_LAYER_BYTES`); None or any other device (``"cuda:0"``) models them stacked, which is never less.
     """
     if method not in PLAN_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(PLAN_METHODS)}")
@@ -248,7 +248,7 @@ def estimate(shape: ModelShape, method: str, tokens: int, batch: int, examples: 
         parts = _attribution(z, method, batch)
     else:
         parts = _patching(z, method, batch, n, max_rows, shape.sparse if sparse is None else bool(sparse) and shape.sparse,
-                          device == "cpu")
+                          device is not None and str(device).split(":")[0] == "cpu")
     return Estimate(method, batch, int(tokens), n, int(max_rows), (params, *parts))
 
 
