@@ -77,8 +77,8 @@ class PatchRunner:
     """
 
     #: a mask that makes more than this share of the nodes computed goes to the general patched forward
-    #: (its corrections are one batched matmul per position; benchmarks/bench_curve.py's per-mask table
-    #: shows the sparse path losing from about 90 % of the nodes computed); the memory planner's too
+    #: (benchmarks/bench_curve.py's per-mask table shows the two paths costing about the same there, and
+    #: such masks batched into one sparse forward would store masks x senders deltas); the planner's too
     DENSE_SHARE = DENSE_SHARE
 
     def __init__(
