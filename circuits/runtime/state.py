@@ -207,8 +207,7 @@ class RunState:
         r, S = self.layout.logits_receiver, self.layout.n_senders
         if at is not None and self.buffered and bool(self.W[:, :, r].any()):
             # the answer rows of the residual and of the delta buffer only: P times less to read
-            Bp, d = x.shape[0], x.shape[-1]
-            resid = x[:, 0] if tail else x.reshape(-1, d)[torch.arange(Bp, device=x.device) * x.shape[1] + at]
+            resid = (x if tail else Block.rows_at(x, at))[:, 0]  # [B', d]
             return self._input_at(resid, self.W[:, :, r:r + 1], at)[0]  # [B', 1, d]
         if tail:
             return x
@@ -274,19 +273,17 @@ class RunState:
             raise ValueError("the answer-position tail needs a buffered patched run (no probes, no records)")
         self.tail_at = at
         Wl = self.W[:, :n, r0:r1]
-        split = self._split_qkv(block, x, r0, r1, n) if bool(Wl.any()) else None
+        if not bool(Wl.any()):
+            return PlainIO().qkv(block, x, at)
+        split = self._split_qkv(block, x, r0, r1, n)
         self.mlp_partial = None  # the tail's MLP input is assembled at ``at`` (mlp_input)
         if split is not None:  # few receivers read their own input: the split path, queries taken at ``at``
             q, k, v = split
             return q[torch.arange(len(at), device=at.device), :, at][:, :, None], k, v
-        if not bool(Wl.any()):
-            return PlainIO().qkv(block, x, at)
         H = self.layout.n_heads
         slot = torch.arange(3 * H, device=x.device) % 3
         x_kv = self._buffered_input(x, Wl[:, :, slot != 0], reuse="layer inputs")  # [2H, B', P, d]
-        Bp, d = x.shape[0], x.shape[-1]
-        resid = x.reshape(-1, d)[torch.arange(Bp, device=x.device) * x.shape[1] + at]  # [B', d]
-        x_q = self._input_at(resid, Wl[:, :, slot == 0])  # [H, B', 1, d]
+        x_q = self._input_at(Block.rows_at(x, at)[:, 0], Wl[:, :, slot == 0])  # [H, B', 1, d]
         return block.project_tail(x_q, x_kv)
 
     def _finish_mlp_input(self, layer: int, x: torch.Tensor, before: torch.Tensor, partial: torch.Tensor,

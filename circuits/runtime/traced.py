@@ -178,11 +178,11 @@ class TracedModel(nn.Module):
         mask = per_mask(causal_mask(attention_mask, B, P, dev), K)  # [B', 1, P, P]
         resid, start = self._start(input_ids, position_ids, state, K, probe.input_requires_grad, resume)
         rot = self.adapter.rotary(resid, per_mask(position_ids, K))
-        plain = W is None and probe == Probe() and not record and not record_resid
+        quiet = probe == Probe() and not record and not record_resid
+        plain = W is None and quiet
         # Only the answer positions' logits wanted and nothing to probe or record (nor to patch, or patched
         # through the delta buffer): the last layer need only run its queries, heads and MLP there (keys and
         # values still see every position).
-        quiet = probe == Probe() and not record and not record_resid
         tail = (plain or (quiet and state.buffered)) and logit_positions is not None and start < self.layout.n_layers
         at = per_mask(logit_positions.to(dev).long(), K) if logit_positions is not None else None
         io = PlainIO() if plain else state
