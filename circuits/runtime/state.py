@@ -18,6 +18,7 @@ import torch
 from ..graph import GraphLayout, PatchWeights
 from ..models.base import Adapter
 from .block import Block, PlainIO
+from .position_sums import position_sums
 from .postnorm import AttnLayer, post_norm_input
 from .workspace import Workspace
 
@@ -124,6 +125,8 @@ class RunState:
     def _removed_sum(self, n: int) -> torch.Tensor:
         """``Σ_s Δ_s`` over senders ``0..n-1`` (what a receiver with every edge removed loses): ``[K, B*P, d]``,
         kept as a running sum that adds only the senders not summed before (``n`` never decreases in a run)."""
+        if n < self.total_of:
+            raise RuntimeError(f"the removed-edge sum covers {self.total_of} senders and cannot shrink to {n}")
         if self.total is None:
             self.total = self.buffer[:, :, 1:1 + n].sum(2)
         elif n > self.total_of:
@@ -136,19 +139,26 @@ class RunState:
         """``resid - Σ_s w_sr Δ_s`` for the receivers of ``Wl`` [K, n, R] (senders ``0..n-1``; the K masks
         ``masks`` of the buffer) from the buffer: ``resid`` goes into slot 0 and one small matmul per position
         (a position's deltas stay in cache) takes weights ``[1, -w_0r, ..., -w_(n-1)r]`` over slots ``0..n``.
+        Where fewer weights are below 1 than above 0 (a mask keeping few edges), slot 0 holds ``resid - Σ_s Δ_s``
+        and the weights are ``[1, 1 - w_0r, ...]``; sparse weights are summed by rows (:func:`position_sums`).
         ``resid`` [K*B, P, d] -> ``[R, K*B, P, d]`` (a view of ``[K*B, P, R, d]``). With ``reuse`` (a name) and a
         workspace, the result is written into the workspace's tensor of that name: it must be used up before
         the next call with that name."""
         K, n, R = Wl.shape
         Bp, P, d = resid.shape
-        rows = Bp * P  # K * B * P
         buf = self.buffer[masks]  # [K, B*P, 1+S, d]
-        buf[:, :, 0] = resid.view(K, -1, d)  # no [rows, R, d] copy of the residual for the matmul to add to
-        coef = torch.cat([Wl.new_ones(K, R, 1), -Wl.transpose(1, 2)], 2)  # [K, R, 1+n]
-        coef = coef[:, None].expand(K, rows // K, R, n + 1).reshape(rows, R, n + 1)
+        # a mask that keeps few edges: around the residual with every edge removed, ``resid - Σ_s Δ_s``,
+        # plus the kept share ``Σ_s (1 - w_sr) Δ_s`` (few nonzeros: position_sums reads only those rows)
+        if Wl.numel() - int(Wl.eq(1).sum()) < int(Wl.count_nonzero()):  # fewer kept than removed weights...
+            torch.sub(resid.view(K, -1, d), self._removed_sum(n)[masks], out=buf[:, :, 0])
+            coef = 1 - Wl.transpose(1, 2)
+        else:  # ... else around ``resid`` (no [rows, R, d] copy of it for the matmul to add to)
+            buf[:, :, 0] = resid.view(K, -1, d)
+            coef = -Wl.transpose(1, 2)
+        coef = torch.cat([Wl.new_ones(K, R, 1), coef], 2)  # [K, R, 1+n]
         out = None if reuse is None or self.workspace is None else self.workspace.empty(
-            reuse, (rows, R, d), resid.dtype, resid.device)
-        x = torch.bmm(coef, buf[:, :, :n + 1].reshape(rows, n + 1, d), out=out)  # [K*B*P, R, d]
+            reuse, (Bp * P, R, d), resid.dtype, resid.device)
+        x = position_sums(buf, coef, out)  # [K*B*P, R, d]
         return x.view(Bp, P, R, d).permute(2, 0, 1, 3)
 
     def _delta(self, gi: int) -> torch.Tensor:
