@@ -11,13 +11,17 @@ Contract: a metric is a plain callable ``metric(logits, batch, clean_logits=None
 * The result has shape ``[B]``, one differentiable value per example. Each built-in metric carries
   ``higher_is_better``: True for ``logit_diff``, ``prob_diff``, ``answer_logprob``, ``accuracy``; False for
   ``kl_div`` and ``nll``. A loss for gradient-based methods is ``-metric`` when higher is better.
+* ``answer_columns_only`` (``logit_diff``, ``accuracy``): the metric reads only the answer and wrong-answer
+  tokens' logits, so masked evaluation computes those columns alone (:func:`answer_columns`); a user
+  callable may set it too.
 
 See docs/metrics.md for the formulas.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Iterable
 from typing import Literal, Protocol
 
 import torch
@@ -55,6 +59,8 @@ __all__ = [
     "is_higher_better",
     "check_metric_output",
     "answer_position_logits",
+    "answer_columns",
+    "on_columns",
 ]
 
 
@@ -67,14 +73,41 @@ class Metric(Protocol):
                  ) -> torch.Tensor: ...
 
 
-def _metric(higher_is_better: bool) -> Callable[[Callable], Callable]:
-    """Decorator recording the metric's sign convention on the function."""
+def _metric(higher_is_better: bool, answer_columns_only: bool = False) -> Callable[[Callable], Callable]:
+    """Decorator recording the metric's sign convention on the function, and whether it reads only the
+    logits of the answer and wrong-answer tokens (then evaluation may compute only those columns)."""
 
     def mark(fn: Callable) -> Callable:
         fn.higher_is_better = higher_is_better  # type: ignore[attr-defined]
+        fn.answer_columns_only = answer_columns_only  # type: ignore[attr-defined]
         return fn
 
     return mark
+
+
+def answer_columns(metrics: Iterable[Callable], batch: Answers) -> torch.Tensor | None:
+    """The vocabulary columns ``[C]`` (sorted token ids) that ``metrics`` read on ``batch`` when every one of
+    them declares ``answer_columns_only`` (the batch's answer and wrong-answer ids), else None: the logits
+    those metrics see can then be computed for these columns alone (the unembedding is the largest matmul
+    of an answer-position readout)."""
+    if not all(getattr(fn, "answer_columns_only", False) for fn in metrics):
+        return None
+    ids = torch.cat([batch.answers.flatten(), batch.wrong.flatten()])
+    ids = ids[ids >= 0].unique()
+    return ids if len(ids) else None
+
+
+def on_columns(batch: Answers, columns: torch.Tensor) -> Answers:
+    """``batch`` as a metric sees it on logits cut to ``columns`` (from :func:`answer_columns`): answer and
+    wrong-answer ids become indices into ``columns`` (padding stays -1)."""
+    cols = columns.to(batch.answers.device)
+
+    def index(ids: torch.Tensor) -> torch.Tensor:
+        return torch.where(ids >= 0, torch.searchsorted(cols, ids.clamp(min=0)), ids)
+
+    out = copy.copy(batch)
+    out.answers, out.wrong = index(batch.answers), index(batch.wrong)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -123,7 +156,7 @@ def _masked_max(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@_metric(higher_is_better=True)
+@_metric(higher_is_better=True, answer_columns_only=True)
 def logit_diff(logits: torch.Tensor, batch: Answers, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
     """Mean logit over the answer set minus mean logit over the wrong set, per example."""
     x = answer_position_logits(logits, batch)
@@ -166,7 +199,7 @@ def nll(logits: torch.Tensor, batch: Answers, clean_logits: torch.Tensor | None 
     return -answer_logprob(logits, batch, clean_logits)
 
 
-@_metric(higher_is_better=True)
+@_metric(higher_is_better=True, answer_columns_only=True)
 def accuracy(logits: torch.Tensor, batch: Answers, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
     """1.0 where the best answer logit beats the best wrong logit, else 0.0 (not differentiable)."""
     x = answer_position_logits(logits, batch)

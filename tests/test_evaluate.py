@@ -108,6 +108,35 @@ def test_curve_uses_one_batched_patched_forward(gpt2, monkeypatch, sparse):
     assert len(curve.faithfulness) == len(MIB_FRACTIONS)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_answer_column_metrics_equal_full_vocabulary_ones(family, sparse, monkeypatch):
+    """logit_diff and accuracy read only the answer tokens' logits, so evaluation computes those columns alone
+    (Gemma-2: final soft-capping too); the values equal the same metrics on the full vocabulary, for light
+    and near-dense binary masks (sparse and general path) and fractional ones, also with answer sets
+    padded with -1."""
+    from circuits.metrics import accuracy, logit_diff
+
+    tm = TracedModel(tiny_model(family))
+    batch = make_batch(B=4)
+    batch.answers = torch.cat([batch.answers, torch.tensor([[5], [-1], [7], [-1]])], 1)  # sets of 1 or 2
+    E = tm.layout.n_edges
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.stack([(torch.rand(E, generator=gen) < p).float() for p in (0.02, 0.1, 0.5, 0.95)]
+                        + [torch.rand(E, generator=gen)])
+    runner = PatchRunner(tm, [batch], "logit_diff", sparse=sparse)
+    seen = []
+    real = runner.chunk_values
+    monkeypatch.setattr(runner, "chunk_values", lambda p, logits, *a: seen.append(logits.shape[-1]) or real(p, logits, *a))
+    fast = runner.evaluate(masks, {"ld": "logit_diff", "acc": "accuracy"}, per_example=True)
+    ids = torch.cat([batch.answers.flatten(), batch.wrong.flatten()])
+    assert set(seen) == {len(ids[ids >= 0].unique())}  # the distinct answer and wrong ids, never the vocabulary
+    full = runner.evaluate(masks, {"ld": lambda *a: logit_diff(*a), "acc": lambda *a: accuracy(*a)}, per_example=True)
+    assert seen[-1] == tm.model.config.vocab_size
+    assert (fast["ld"] - full["ld"]).abs().max() <= 1e-5 and torch.equal(fast["acc"], full["acc"])
+    assert float(fast["ld"].std()) > 1e-3  # the masks and examples differ
+
+
 @pytest.mark.parametrize("ablation", ["mean", "zero"])
 def test_other_ablations(gpt2, ablation):
     batch = make_batch()

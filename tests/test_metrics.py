@@ -159,3 +159,24 @@ def test_top1_is_the_greedy_prediction_over_the_vocabulary():
                   torch.tensor([[1, -1], [1, -1]]), torch.tensor([[2], [2]]), torch.zeros(2, dtype=torch.long))
     assert accuracy(logits, batch).tolist() == [1.0, 1.0]
     assert top1(logits, batch).tolist() == [1.0, 0.0]
+
+
+def test_answer_columns_and_on_columns():
+    """Metrics that declare ``answer_columns_only`` give the same values on the logits cut to the answer and
+    wrong ids (ids remapped, -1 padding kept); any metric without it means the whole vocabulary."""
+    from circuits.metrics import METRICS, accuracy, answer_columns, on_columns
+
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
+    batch = make_batch(answers=[[3, -1], [0, 2]], wrong=[[0, 1], [3, -1]])
+    cols = answer_columns([logit_diff, accuracy], batch)
+    assert cols.tolist() == [0, 1, 2, 3] and answer_columns([logit_diff, prob_diff], batch) is None
+    narrow = make_batch(answers=[[3, -1], [3, -1]], wrong=[[1, -1], [3, 1]])
+    cols = answer_columns([logit_diff], narrow)
+    assert cols.tolist() == [1, 3]
+    cut = on_columns(narrow, cols)
+    assert cut.answers.tolist() == [[1, -1], [1, -1]] and cut.wrong.tolist() == [[0, -1], [1, 0]]
+    for fn in (logit_diff, accuracy):
+        torch.testing.assert_close(fn(x[..., cols], cut), fn(x, narrow))
+    assert narrow.answers.tolist() == [[3, -1], [3, -1]]  # the batch itself is unchanged
+    flagged = [name for name, fn in METRICS.items() if getattr(fn, "answer_columns_only", False)]
+    assert flagged == ["logit_diff", "accuracy"]  # the others read the whole vocabulary (softmax, argmax)

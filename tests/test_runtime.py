@@ -54,6 +54,23 @@ def test_answer_position_logits_equal_full_run(family):
         assert (resumed - at).abs().max() <= TOL
 
 
+def test_logit_columns_equal_the_full_logits_there(family):
+    """``logit_columns`` computes the LM head's rows for those tokens alone (soft-capping included); the
+    logits equal the full ones in those columns, patched or not."""
+    _, model, tm = family
+    clean, corr, mask = random_batch(P=12)
+    pos = torch.full((clean.shape[0],), clean.shape[1] - 1)
+    cols = torch.tensor([VOCAB - 1, 3, 0, 17])
+    keep = (torch.rand(tm.layout.n_edges, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    with torch.no_grad():
+        ref = tm.run(corr, mask, record=True).senders
+        for patch in (None, Patch(keep, ref)):
+            full = tm.run(clean, mask, patch=patch, logit_positions=pos).logits
+            some = tm.run(clean, mask, patch=patch, logit_positions=pos, logit_columns=cols).logits
+            assert some.shape == (*full.shape[:-1], len(cols))
+            assert (some - full[..., cols]).abs().max() <= TOL
+
+
 def test_patched_answer_position_logits_equal_full_run(family):
     """Patched (buffered) runs with logit_positions run the last layer's queries, heads and MLP at those
     positions only; the logits must equal the full patched run's there, for masks that patch nothing,

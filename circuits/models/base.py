@@ -176,9 +176,14 @@ class Adapter:
         return self.post_attn_norm(0) is not None
 
     # ---------------------------------------------------------------- generic computation
-    def unembed(self, resid: torch.Tensor) -> torch.Tensor:
-        """Final norm + LM head (+ final logit soft-capping where the model has it): ``[..., P, d]`` -> ``[..., P, V]``."""
-        logits = self.lm_head()(self.final_norm()(resid))
+    def unembed(self, resid: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Final norm + LM head (+ final logit soft-capping where the model has it): ``[..., P, d]`` -> ``[..., P, V]``,
+        or with ``columns`` (``[C]`` token ids) only those logits, ``[..., P, C]``: the head's rows for them alone."""
+        head, h = self.lm_head(), self.final_norm()(resid)
+        if columns is None or not isinstance(head, nn.Linear):
+            logits = head(h) if columns is None else head(h)[..., columns]
+        else:
+            logits = F.linear(h, head.weight[columns], None if head.bias is None else head.bias[columns])
         cap = self.final_softcap()
         return logits if cap is None else torch.tanh(logits / cap) * cap
 

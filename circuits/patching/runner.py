@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..graph import GraphLayout, KeepMask
-from ..metrics import get_metric, is_higher_better, metric_name
+from ..metrics import answer_columns, get_metric, is_higher_better, metric_name, on_columns
 from ..parallel import PARALLEL_MODES, Parallel, agree, all_reduce_sum, fingerprint, gather_cat, is_main, shard_range, world
 from ..planning import DENSE_SHARE, cpu_dense_masks
 from ..runtime import Patch, Prefix, RunOutput, TracedModel, as_traced
@@ -213,48 +213,55 @@ class PatchRunner:
                     if bool(rows.any()):
                         for k, fn in fns.items():
                             values[k][rows, cols] = self.chunk_values(p, logits, 1, fn)
+            # metrics that read only the answer tokens' logits: the forwards compute those columns alone
+            columns = [answer_columns(fns.values(), p.batch) for p in self.prepared]
             for i, p, rows in it:
                 resume = None
                 if resume_from is not None:
                     layer, bases = resume_from
                     resume = Prefix(layer, bases[i].resid[layer], bases[i].senders)
-                keep = uniq[rows].to(self.tm.device)
-                logits = self.sparse_logits(p, keep, None if rebased is None else rebased[i]) if resume is None else None
+                keep, c = uniq[rows].to(self.tm.device), columns[i]
+                logits = (self.sparse_logits(p, keep, None if rebased is None else rebased[i], c)
+                          if resume is None else None)
                 if logits is None:
-                    logits = self.patched_logits(p, keep, resume)
+                    logits = self.patched_logits(p, keep, resume, c)
                 for k, fn in fns.items():
-                    values[k][rows, starts[i]:starts[i + 1]] = self.chunk_values(p, logits, len(rows), fn)
+                    values[k][rows, starts[i]:starts[i + 1]] = self.chunk_values(p, logits, len(rows), fn, c)
         if per_example:
             return {k: self.gather_masks(self.gather_examples(v))[inverse] for k, v in values.items()}
         return {k: (self.gather_masks(self.sum_examples(v.sum(1))) / self.n_examples)[inverse] for k, v in values.items()}
 
-    def sparse_logits(self, p: PreparedBatch, keep: torch.Tensor, base: SparseBase | None = None) -> torch.Tensor | None:
-        """Answer-position logits ``[K * B, 1, V]`` of binary keep-masks ``[K, E]`` from the sparse masked
-        forward (relative to ``base``, default ``p``'s clean run), or None where it does not apply (then
-        the general patched forward runs). Masks that make more than :attr:`DENSE_SHARE` of the nodes
-        computed take the general patched forward, which is cheaper for them."""
+    def sparse_logits(self, p: PreparedBatch, keep: torch.Tensor, base: SparseBase | None = None,
+                      columns: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Answer-position logits ``[K * B, 1, V]`` (or ``C`` ``columns``) of binary keep-masks ``[K, E]`` from the
+        sparse masked forward (relative to ``base``, default ``p``'s clean run), or None where it does not
+        apply (then the general patched forward runs). Masks that make more than :attr:`DENSE_SHARE` of the
+        nodes computed take the general patched forward, which is cheaper for them."""
         if p.sparse is None or torch.is_grad_enabled() or not bool(((keep == 0) | (keep == 1)).all()):
             return None
         base = base or p.sparse
         plan = plan_states(self.layout, keep, base.around)
         dense = plan.computed_nodes() > self.DENSE_SHARE * self.layout.n_senders  # [K]
         if not bool(dense.any()):
-            return sparse_logits(self.tm.blocks, self.layout, base, keep, self.sparse_stats, plan, self.tm.workspace)
-        out = p.clean_logits.new_empty(len(keep), *p.clean_logits.shape)  # [K, B, 1, V]
-        out[dense] = self.patched_logits(p, keep[dense]).view(-1, *p.clean_logits.shape)
+            return sparse_logits(self.tm.blocks, self.layout, base, keep, self.sparse_stats, plan, self.tm.workspace,
+                                 columns)
+        shape = (len(p.batch), 1, p.clean_logits.shape[-1] if columns is None else len(columns))
+        out = p.clean_logits.new_empty(len(keep), *shape)  # [K, B, 1, V or C]
+        out[dense] = self.patched_logits(p, keep[dense], columns=columns).view(-1, *shape)
         if not bool(dense.all()):
             light = ~dense
             out[light] = sparse_logits(self.tm.blocks, self.layout, base, keep[light], self.sparse_stats,
-                                       plan.select(light), self.tm.workspace).view(-1, *p.clean_logits.shape)
-        return out.view(-1, *p.clean_logits.shape[1:])
+                                       plan.select(light), self.tm.workspace, columns).view(-1, *shape)
+        return out.view(-1, *shape[1:])
 
-    def patched_logits(self, p: PreparedBatch, keep: torch.Tensor, resume: Prefix | None = None) -> torch.Tensor:
-        """Answer-position logits ``[K * B, 1, V]`` of keep-masks ``[K, E]`` from the general patched forward
-        (optionally resumed from a recorded prefix)."""
+    def patched_logits(self, p: PreparedBatch, keep: torch.Tensor, resume: Prefix | None = None,
+                       columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Answer-position logits ``[K * B, 1, V]`` (or ``C`` ``columns``) of keep-masks ``[K, E]`` from the
+        general patched forward (optionally resumed from a recorded prefix)."""
         b = p.batch
         per = self.dense_masks_per_forward(p)
         return torch.cat([self.tm.run(b.clean, b.attention_mask, patch=Patch(keep[i:i + per], p.reference),
-                                      logit_positions=b.answer_pos, resume=resume).logits
+                                      logit_positions=b.answer_pos, logit_columns=columns, resume=resume).logits
                           for i in range(0, len(keep), per)])
 
     def dense_masks_per_forward(self, p: PreparedBatch) -> int:
@@ -305,17 +312,22 @@ class PatchRunner:
         """Masks of batch ``p`` per forward pass (``max_rows // B``, at least 1)."""
         return max(1, self.max_rows // len(p.batch))
 
-    def chunk_values(self, p: PreparedBatch, logits: torch.Tensor, n: int, metric: Callable | None = None) -> torch.Tensor:
+    def chunk_values(self, p: PreparedBatch, logits: torch.Tensor, n: int, metric: Callable | None = None,
+                     columns: torch.Tensor | None = None) -> torch.Tensor:
         """Metric of each of ``p``'s examples for each of ``n`` runs stacked mask-major:
-        answer-position ``logits`` ``[n * B, 1, V]`` -> ``[n, B]`` float64 on the CPU."""
+        answer-position ``logits`` ``[n * B, 1, V]`` (or only the vocabulary ``columns``, ``[n * B, 1, C]``,
+        from :func:`~circuits.metrics.answer_columns`) -> ``[n, B]`` float64 on the CPU."""
         fn = metric or self.metric
-        b = p.batch
-        vals = fn(logits, b.repeat(n).at_answer(), p.clean_logits.repeat(n, 1, 1)).float().view(n, len(b))
+        b, clean = p.batch.repeat(n).at_answer(), p.clean_logits
+        if columns is not None:
+            b, clean = on_columns(b, columns), clean[..., columns]
+        vals = fn(logits, b, clean.repeat(n, 1, 1)).float().view(n, len(p.batch))
         return vals.double().cpu()
 
-    def chunk_metric(self, p: PreparedBatch, logits: torch.Tensor, n: int, metric: Callable | None = None) -> torch.Tensor:
+    def chunk_metric(self, p: PreparedBatch, logits: torch.Tensor, n: int, metric: Callable | None = None,
+                     columns: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`chunk_values` summed over the examples: ``[n]`` float64."""
-        return self.chunk_values(p, logits, n, metric).sum(1)
+        return self.chunk_values(p, logits, n, metric, columns).sum(1)
 
     def base_runs(self, mask: KeepMask) -> list[RunOutput]:
         """One recorded run per prepared batch under ``mask`` ([E]), to resume masked runs from."""

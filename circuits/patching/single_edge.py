@@ -28,6 +28,7 @@ from collections.abc import Iterable
 
 import torch
 
+from ..metrics import answer_columns
 from ..parallel import is_main
 from ..runtime import PlainIO, Prefix, causal_mask, default_position_ids
 from .runner import PatchRunner, PreparedBatch
@@ -67,8 +68,9 @@ def single_edge_metric_values(runner: PatchRunner, edges: torch.Tensor, progress
             if base is None:
                 base_cache.clear()  # one prepared batch at a time: work is batch-major
                 base = base_cache[id(p)] = _Base(runner, p)
-            logits = base.patched_logits(layer, edges[sel])  # [n * B, 1, V]
-            total[sel] += runner.chunk_metric(p, logits, len(sel))
+            columns = answer_columns([runner.metric], p.batch)  # the answer tokens' logits only, where that is all
+            logits = base.patched_logits(layer, edges[sel], columns)  # [n * B, 1, V or C]
+            total[sel] += runner.chunk_metric(p, logits, len(sel), columns=columns)
     out = torch.zeros(len(all_edges), dtype=torch.float64)
     out[share] = total
     return (runner.gather_masks(runner.sum_examples(out)) / runner.n_examples).float()
@@ -123,8 +125,9 @@ class _Base:
             self.layer_cache = {layer: {"q": q, "k": k, "v": v}}  # keep one layer only
         return self.layer_cache[layer]
 
-    def patched_logits(self, layer: int, edges: torch.Tensor) -> torch.Tensor:
-        """Answer-position logits ``[K * B, 1, V]`` with each of the K ``edges`` (into ``layer``) patched alone."""
+    def patched_logits(self, layer: int, edges: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Answer-position logits ``[K * B, 1, V]`` (or ``C`` ``columns``) with each of the K ``edges`` (into
+        ``layer``) patched alone."""
         tm, lay, b = self.tm, self.layout, self.p.batch
         B, P = b.clean.shape
         K = len(edges)
@@ -134,12 +137,13 @@ class _Base:
         pos = b.answer_pos.long().repeat(K)
         if layer == lay.n_layers:  # the logits receiver reads the final residual
             final = (self.resid[-1][None] - delta).reshape(K * B, P, -1)
-            return tm.adapter.unembed(final[rows, pos][:, None])
+            return tm.adapter.unembed(final[rows, pos][:, None], columns)
         new = self._node_patched(layer, receivers.to(self.z.device) - lay.attn_receivers(layer)[0], delta)
         if layer == lay.n_layers - 1:  # nothing after this layer: the final residual is known
-            return tm.adapter.unembed(new.reshape(K * B, P, -1)[rows, pos][:, None])
+            return tm.adapter.unembed(new.reshape(K * B, P, -1)[rows, pos][:, None], columns)
         resume = Prefix(layer + 1, new.reshape(K * B, P, -1), self.z)
-        return tm.run(b.clean.repeat(K, 1), b.attention_mask.repeat(K, 1), logit_positions=pos, resume=resume).logits
+        return tm.run(b.clean.repeat(K, 1), b.attention_mask.repeat(K, 1), logit_positions=pos, logit_columns=columns,
+                      resume=resume).logits
 
     def _node_patched(self, layer: int, local: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """Residual after ``layer`` ([K, B, P, d]) when receiver ``local[k]`` of the layer reads

@@ -197,13 +197,14 @@ class _Run:
         # them stays zero in the every-position matmuls (they are never read there)
         self.store[:, :, self.row[plan.live & ~plan.full]] = 0.0
 
-    def forward(self, blocks: list[Block], stats: SparseStats) -> torch.Tensor:
-        """Every layer's CHANGED heads and MLP, then the answer-position logits ``[K * B, 1, V]``."""
+    def forward(self, blocks: list[Block], stats: SparseStats, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Every layer's CHANGED heads and MLP, then the answer-position logits ``[K * B, 1, V]`` (or ``C``
+        ``columns``)."""
         with torch.no_grad():
             for block in blocks:
                 self.heads(block, stats)
                 self.mlp(block, stats)
-            return self.logits(blocks[0].adapter, stats)
+            return self.logits(blocks[0].adapter, stats, columns)
 
     def inputs(self, ks: torch.Tensor, rs: torch.Tensor, n: int, base: torch.Tensor, delta: torch.Tensor,
                store: torch.Tensor) -> torch.Tensor:
@@ -339,34 +340,38 @@ class _Run:
             stats.mlps += len(ks)
             stats.at_answer += len(ks) if at_only else 0
 
-    def logits(self, adapter: Adapter, stats: SparseStats) -> torch.Tensor:
-        """Answer-position logits ``[K * B, 1, V]``: recorded for BASE / CORRUPTED masks, else computed."""
+    def logits(self, adapter: Adapter, stats: SparseStats, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Answer-position logits ``[K * B, 1, V]`` (``[K * B, 1, C]`` with ``columns``): recorded for BASE /
+        CORRUPTED masks, else computed."""
         b, state = self.base, self.plan.logits
         K, B = len(state), len(b.at)
-        out = b.base_logits.new_empty(K, *b.base_logits.shape)
-        out[state == BASE] = b.base_logits
-        out[state == CORRUPTED] = b.corrupted_logits
+        base, corrupted = ((b.base_logits, b.corrupted_logits) if columns is None
+                           else (b.base_logits[..., columns], b.corrupted_logits[..., columns]))
+        out = base.new_empty(K, *base.shape)
+        out[state == BASE] = base
+        out[state == CORRUPTED] = corrupted
         ks = (state == CHANGED).nonzero().flatten()
         if len(ks):
             r = torch.full_like(ks, self.layout.logits_receiver)
             x = self.inputs(ks, r, self.layout.n_senders, b.final_at, b.delta_at, b.rows_at_answer(self.store))  # [m, B, d]
-            out[ks] = adapter.unembed(x[:, :, None])
+            out[ks] = adapter.unembed(x[:, :, None], columns)
             stats.logits += len(ks)
         return out.view(K * B, 1, -1)
 
 
 def sparse_logits(blocks: list[Block], layout: GraphLayout, base: SparseBase, keep: torch.Tensor,
                   stats: SparseStats | None = None, plan: StatePlan | None = None,
-                  workspace: Workspace | None = None) -> torch.Tensor:
+                  workspace: Workspace | None = None, columns: torch.Tensor | None = None) -> torch.Tensor:
     """Answer-position logits ``[K * B, 1, V]`` (mask-major) under binary keep-masks ``[K, E]``, computing
     only the CHANGED nodes; equal to ``TracedModel.run(clean, patch=Patch(keep, z_corr), logit_positions=at)``
     whatever circuit ``base`` was rebased on. ``plan``: the masks' :func:`plan_states` when already known;
-    ``workspace``: where the store of computed deltas comes from (a loop's, see :mod:`.workspace`).
+    ``workspace``: where the store of computed deltas comes from (a loop's, see :mod:`.workspace`);
+    ``columns`` (``[C]`` token ids): only those logits, ``[K * B, 1, C]``.
     """
     keep = keep[None] if keep.dim() == 1 else keep
     stats = SparseStats() if stats is None else stats
     plan = plan_states(layout, keep.to(base.delta.device), base.around) if plan is None else plan
-    out = _Run(layout, base, keep.to(base.delta.device), plan, workspace=workspace).forward(blocks, stats)
+    out = _Run(layout, base, keep.to(base.delta.device), plan, workspace=workspace).forward(blocks, stats, columns)
     stats.masks += keep.shape[0]
     stats.total_heads += keep.shape[0] * layout.n_layers * layout.n_heads
     stats.total_mlps += keep.shape[0] * layout.n_layers

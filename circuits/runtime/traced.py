@@ -149,6 +149,7 @@ class TracedModel(nn.Module):
         record: bool = False,
         record_resid: bool = False,
         logit_positions: torch.Tensor | None = None,
+        logit_columns: torch.Tensor | None = None,
         resume: Prefix | None = None,
     ) -> RunOutput:
         """Run the model; optionally patch edges, probe receivers, record senders / residuals.
@@ -163,6 +164,7 @@ class TracedModel(nn.Module):
             logit_positions: ``[B]`` positions; logits are computed only there (``[B', 1, V]``),
                 and when nothing is patched, probed or recorded the last layer runs its queries
                 and MLP only there.
+            logit_columns: ``[C]`` token ids; only those logits are computed (``[..., C]``).
             resume: start at ``resume.layer`` from a recorded run instead of the embedding
                 (its senders are shared by all K masks).
         """
@@ -195,7 +197,7 @@ class TracedModel(nn.Module):
         if resids is not None:
             resids.append(resid)
         final = state.logits_input(resid, at, tail)  # [B', 1, d] with logit_positions
-        logits = self.adapter.unembed(final)
+        logits = self.adapter.unembed(final, logit_columns)
         return RunOutput(logits, state.recorded() if record else None, state.leaves, resids)
 
     def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, patch: Patch | None
