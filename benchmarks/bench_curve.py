@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import bare_forward, best_time, interleaved_best, parser, peak_rss_mb, setup  # noqa: E402
 
 from circuits.evaluation import MIB_FRACTIONS, curve_masks, faithfulness_curve  # noqa: E402
+from circuits.metrics import answer_columns, get_metric  # noqa: E402
 from circuits.patching import PatchRunner  # noqa: E402
 from circuits.runtime.node_states import plan_states  # noqa: E402
 from circuits.scores import attribute  # noqa: E402
@@ -129,7 +130,7 @@ def sparse_report(tm, g, b, args, bare) -> None:
 def mlp_floor(tm, g, b, keep: torch.Tensor, bare, repeats: int) -> None:
     """A floor under any exact evaluation of the circuit ``keep`` from the recorded runs: the MLPs it changes
     (at every position where a computed key, value or such an MLP reads them, else at the answer positions)
-    and the answer-position logits, timed alone on inputs of their shapes (heads, input assembly and
+    and the answer-position logits the metric reads, timed alone on inputs of their shapes (heads, input assembly and
     everything else left out), against a bare forward timed in the same rounds."""
     lay = g.layout
     plan = plan_states(lay, keep.reshape(1, -1))
@@ -138,6 +139,7 @@ def mlp_floor(tm, g, b, keep: torch.Tensor, bare, repeats: int) -> None:
     at = [lyr for lyr in layers if bool(plan.live[0, lay.mlp_sender(lyr)]) and lyr not in full]
     d = tm.adapter.d_model
     x, x_at = torch.randn(*b.clean.shape, d), torch.randn(b.clean.shape[0], 1, d)
+    columns = answer_columns([get_metric("logit_diff")], b)
 
     def floor() -> None:
         with torch.no_grad():
@@ -145,7 +147,7 @@ def mlp_floor(tm, g, b, keep: torch.Tensor, bare, repeats: int) -> None:
                 tm.blocks[lyr].mlp(x)
             for lyr in at:
                 tm.blocks[lyr].mlp(x_at)
-            tm.adapter.unembed(x_at)
+            tm.adapter.unembed(x_at, columns)  # the logits the metric reads (logit_diff: the answer tokens')
 
     t = interleaved_best({"bare": bare, "floor": floor}, repeats)
     print(f"  floor for that circuit: its {len(full)} MLPs needed at every position, {len(at)} at the answer "

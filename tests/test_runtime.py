@@ -318,3 +318,24 @@ def test_close_unsupported_families_name_every_supported_one(name):
     for model_type in SUPPORTED_MODEL_TYPES:
         assert model_type in str(err.value)
     assert {"gptj", "phi3", "mixtral", "qwen2_moe", "olmoe"} <= set(SUPPORTED_MODEL_TYPES)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neo", "gptj", "llama"])
+def test_fused_gelu_mlp_equals_the_module(family):
+    """GPT-2-kind MLPs run with one fused tanh-GELU (the same function as transformers' five-op
+    NewGELUActivation up to rounding); other MLPs, and any MLP in training mode, run as the module."""
+    from circuits.models.base import tanh_gelu_mlp
+
+    tm = TracedModel(tiny_model(family))
+    mlp = tm.adapter.mlp(1)
+    x = torch.randn(2, 5, tm.adapter.d_model, generator=torch.Generator().manual_seed(0)) * 3
+    with torch.no_grad():
+        fused = tanh_gelu_mlp(mlp, x)
+        assert (fused is None) == (family == "llama")
+        if fused is not None:
+            assert (fused - mlp(x)).abs().max() <= 1e-5
+            mlp.train()
+            try:
+                assert tanh_gelu_mlp(mlp, x) is None  # dropout would differ
+            finally:
+                mlp.eval()

@@ -149,8 +149,10 @@ class Adapter:
     def run_mlp(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         """The MLP module on a normalised input ``h`` [..., P, d] (any leading dims: mixture-of-experts
         blocks in `transformers` take exactly ``[B, P, d]``, so leading dims are folded into one)."""
-        lead = h.shape[:-2]
-        out = self.mlp(layer)(h.reshape(-1, *h.shape[-2:]))
+        lead, mlp = h.shape[:-2], self.mlp(layer)
+        x = h.reshape(-1, *h.shape[-2:])
+        out = tanh_gelu_mlp(mlp, x)
+        out = mlp(x) if out is None else out
         return out.reshape(*lead, *out.shape[-2:])
 
     def layer_rotary(self, rot: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -369,3 +371,19 @@ def linear_out_heads(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def bias_heads(bias: torch.Tensor | None, n_heads: int) -> torch.Tensor | None:
     return None if bias is None else bias.view(n_heads, -1)
+
+
+def tanh_gelu_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """``fc_out(gelu_tanh(fc_in(x)))`` for an MLP module of the GPT-2 kind (``c_fc``/``c_proj`` or
+    ``fc_in``/``fc_out`` around ``transformers``' ``NewGELUActivation``, in eval mode), or None for any other.
+    The same function as the module's five-op GELU up to float rounding (~5e-7), in one fused kernel that
+    reads and writes the ``[rows, 4d]`` hidden once instead of about six times."""
+    from transformers.activations import NewGELUActivation
+
+    if mlp.training or not isinstance(getattr(mlp, "act", None), NewGELUActivation):
+        return None
+    pair = next(((getattr(mlp, a), getattr(mlp, b)) for a, b in (("c_fc", "c_proj"), ("fc_in", "fc_out"))
+                 if hasattr(mlp, a) and hasattr(mlp, b)), None)
+    if pair is None:
+        return None
+    return pair[1](F.gelu(pair[0](x), approximate="tanh"))
