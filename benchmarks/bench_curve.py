@@ -151,7 +151,7 @@ def mlp_floor(tm, g, b, keep: torch.Tensor, bare, repeats: int) -> None:
 
     t = interleaved_best({"bare": bare, "floor": floor}, repeats)
     print(f"  floor for that circuit: its {len(full)} MLPs needed at every position, {len(at)} at the answer "
-          f"positions only and the answer logits, alone: {t['floor'] * 1e3:8.1f} ms {t['floor'] / t['bare']:6.2f}x "
+          f"positions only and the answer logits the metric reads, alone: {t['floor'] * 1e3:8.1f} ms {t['floor'] / t['bare']:6.2f}x "
           f"(bare {t['bare'] * 1e3:.1f} ms)")
 
 
