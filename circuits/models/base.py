@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.activations import NewGELUActivation
 
 
 @dataclass(frozen=True)
@@ -378,8 +379,6 @@ def tanh_gelu_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     ``fc_in``/``fc_out`` around ``transformers``' ``NewGELUActivation``, in eval mode), or None for any other.
     The same function as the module's five-op GELU up to float rounding (~5e-7), in one fused kernel that
     reads and writes the ``[rows, 4d]`` hidden once instead of about six times."""
-    from transformers.activations import NewGELUActivation
-
     if mlp.training or not isinstance(getattr(mlp, "act", None), NewGELUActivation):
         return None
     pair = next(((getattr(mlp, a), getattr(mlp, b)) for a, b in (("c_fc", "c_proj"), ("fc_in", "fc_out"))
