@@ -19,26 +19,28 @@ import torch.nn.functional as F
 SPARSE_SHARE = 0.3
 
 
-def position_sums(buf: torch.Tensor, coef: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``x[k*Q + q, r] = Σ_j coef[k, r, j] · buf[k, q, j]``: ``buf`` ``[K, Q, J, d]`` (contiguous), ``coef``
-    ``[K, R, n]`` over its first ``n <= J`` slots -> ``[K*Q, R, d]``. ``out`` (``[K*Q, R, d]``) is written
-    on the matmul path only; the row-sum path returns a new tensor."""
+def position_sums(buf: torch.Tensor, coef: torch.Tensor, out: torch.Tensor | None = None, first: int = 0
+                  ) -> torch.Tensor:
+    """``x[k*Q + q, r] = Σ_j coef[k, r, j] · buf[k, q, first + j]``: ``buf`` ``[K, Q, J, d]`` (contiguous),
+    ``coef`` ``[K, R, n]`` over its slots ``first..first+n-1`` -> ``[K*Q, R, d]``. ``out`` (``[K*Q, R, d]``)
+    is written on the matmul path only; the row-sum path returns a new tensor."""
     K, Q, J, d = buf.shape
     n = coef.shape[2]
     nz = coef.nonzero()  # [E, 3] (mask, receiver, slot), in row-major order
     if len(nz) > SPARSE_SHARE * coef.numel():
         c = coef[:, None].expand(K, Q, *coef.shape[1:]).reshape(K * Q, -1, n)
-        return torch.bmm(c, buf[:, :, :n].reshape(K * Q, n, d), out=out)
-    return _row_sums(buf, coef, nz)
+        return torch.bmm(c, buf[:, :, first:first + n].reshape(K * Q, n, d), out=out)
+    return _row_sums(buf, coef, nz, first)
 
 
-def _row_sums(buf: torch.Tensor, coef: torch.Tensor, nz: torch.Tensor) -> torch.Tensor:
+def _row_sums(buf: torch.Tensor, coef: torch.Tensor, nz: torch.Tensor, first: int) -> torch.Tensor:
     """:func:`position_sums` by ``embedding_bag`` over the nonzeros ``nz`` of ``coef``: one bag per
     (mask, row, receiver), holding the buffer rows of that receiver's nonzero slots."""
     K, Q, J, d = buf.shape
     R = coef.shape[1]
     m, r, j = nz.unbind(1)
     weights = coef[m, r, j]
+    j = j + first
     per_bag = torch.bincount(m * R + r, minlength=K * R).view(K, R)  # entries of each receiver
     ends = per_bag.sum(1).cumsum(0).tolist()
     q = torch.arange(Q, device=buf.device)[:, None]  # [Q, 1]

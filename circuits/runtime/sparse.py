@@ -38,6 +38,7 @@ import torch
 
 from ..graph import GraphLayout
 from ..models.base import Adapter
+from . import position_sums as sums
 from .block import Block, PlainIO, Rotary
 from .masks import causal_mask, default_position_ids
 from .node_states import BASE, CHANGED, CORRUPTED, BaseMask, StatePlan, plan_states
@@ -145,14 +146,21 @@ def layer_qkv(block: Block, resid: torch.Tensor, rot: Rotary) -> tuple[torch.Ten
     return q, k, v
 
 
-def add_weighted(acc: torch.Tensor, A: torch.Tensor, src: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """``acc + A @ src`` at every position: ``acc`` ``[Q, c or 1, d]``, ``A`` ``[c, n]``, ``src`` ``[Q, n, d]``
-    -> ``[Q, c, d]`` (``acc`` itself when ``A`` is zero; written into ``acc`` when ``inplace`` and it is a full
-    ``[Q, c, d]``). Only the columns of ``A`` with a nonzero take part, gathered from ``src`` when they are
-    under half of them."""
-    cols = A.any(0).nonzero().flatten()
-    if not len(cols):
+def add_weighted(acc: torch.Tensor, A: torch.Tensor, table: torch.Tensor, first: int = 0,
+                 inplace: bool = False) -> torch.Tensor:
+    """``acc + A @ table[:, first:first+n]`` at every position: ``acc`` ``[Q, c or 1, d]``, ``A`` ``[c, n]``,
+    ``table`` ``[Q, J, d]`` (contiguous) -> ``[Q, c, d]`` (``acc`` itself when ``A`` is zero; written into
+    ``acc`` when ``inplace`` and it is a full ``[Q, c, d]``). Sparse weights (``SPARSE_SHARE``) are summed by
+    rows (:func:`~circuits.runtime.position_sums.position_sums`); otherwise only the columns of ``A`` with a nonzero take part, gathered
+    when they are under half of them."""
+    nonzero = int(A.count_nonzero())
+    if not nonzero:
         return acc
+    if nonzero <= sums.SPARSE_SHARE * A.numel() and table.is_contiguous():  # no gathered copy of the rows read
+        x = sums.position_sums(table[None], A[None], first=first)  # [Q, c, d]
+        return acc.add_(x) if inplace and acc.shape == x.shape else x.add_(acc)
+    src = table[:, first:first + A.shape[1]]
+    cols = A.any(0).nonzero().flatten()
     if 2 * len(cols) < A.shape[1]:
         A, src = A[:, cols], src[:, cols]
     A = A.expand(src.shape[0], *A.shape)
@@ -226,9 +234,9 @@ class _Run:
         for k, c in zip(masks.tolist(), counts.tolist()):  # masks, not edges
             coef = self.kd[k, :n][:, rs[a:a + c]].t()  # [c, n]
             a += c
-            o = add_weighted(flat, coef * (self.plan.senders[k, :n] == BASE), D[:, :n])
+            o = add_weighted(flat, coef * (self.plan.senders[k, :n] == BASE), D)
             chg = self.changed[k, :n].nonzero().flatten()  # their deltas: this mask's first store rows
-            o = add_weighted(o, coef[:, chg], Z[:, self.offset[k]:self.offset[k] + len(chg)], inplace=o is not flat)
+            o = add_weighted(o, coef[:, chg], Z, self.offset[k], inplace=o is not flat)
             parts.append(o.expand(Q, c, d))
         out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)  # [Q, M, d]
         return out.permute(1, 0, 2).unflatten(1, base.shape[:-1])

@@ -65,6 +65,24 @@ def test_sparse_equals_general_patched_forward(family):
     assert 0 < stats.at_answer < stats.heads + stats.mlps  # some nodes are read at the answer positions only
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gptj"])
+def test_sparse_inputs_by_rows_and_by_matmul_agree(family, monkeypatch):
+    """The sparse forward's receiver inputs summed by rows (every sum forced there) and by the per-position
+    matmul (forced there) both equal the general patched forward."""
+    from circuits.runtime import position_sums
+
+    tm = TracedModel(tiny_model(family))
+    clean, corr, mask = random_batch(B=3, P=9)
+    at = torch.tensor([8, 8, 8])
+    base, reference = recorded(tm, clean, corr, mask, at)
+    keep = all_masks(tm)
+    with torch.no_grad():
+        general = tm.run(clean, mask, patch=Patch(keep, reference), logit_positions=at).logits
+    for share in (0.0, 1.0):
+        monkeypatch.setattr(position_sums, "SPARSE_SHARE", share)
+        assert (sparse_logits(tm.blocks, tm.layout, base, keep) - general).abs().max() <= TOL
+
+
 def test_sparse_store_from_a_workspace_gives_the_same_logits():
     """The store taken from a loop's workspace (garbage from an earlier call in it) changes nothing."""
     from circuits.runtime import Workspace
