@@ -134,6 +134,28 @@ def test_answer_position_logits_equal_full_logits():
         assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2"])
+def test_answer_column_logits_give_the_same_scores(family, monkeypatch):
+    """logit_diff reads only the answer tokens' logits, so attribution computes those columns alone (forward
+    and backward through the LM head's rows for them); every method's scores equal those of the same metric
+    on the full vocabulary."""
+    from circuits.metrics import logit_diff
+    from circuits.runtime import TracedModel as TM
+
+    tm = TracedModel(tiny_model(family))
+    batch = make_batch()
+    widths = []
+    real_run = TM.run
+    monkeypatch.setattr(TM, "run", lambda self, *a, **k: widths.append(real_run(self, *a, **k)) or widths[-1])
+    for method in ("eap", "eap-ig-inputs", "clean-corrupted", "eap-ig-edges"):
+        widths.clear()
+        fast = attribute(tm, [batch], "logit_diff", method, steps=2).scores
+        assert {out.logits.shape[-1] for out in widths} == {len(torch.cat([batch.answers, batch.wrong]).unique())}
+        full = attribute(tm, [batch], lambda *a: logit_diff(*a), method, steps=2).scores
+        assert (fast - full).abs().max() <= 1e-6 * max(1.0, float(full.abs().max()))
+        assert float(full.abs().max()) > 1e-3  # the scores are not all zero
+
+
 @pytest.mark.parametrize("method", ["eap", "eap-ig-inputs", "eap-ig-edges"])
 def test_runs_are_freed_without_the_cycle_collector(method, monkeypatch):
     """Every traced run's state (which holds all its activations) must be freed by reference

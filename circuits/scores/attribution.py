@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..graph import Graph, GraphLayout, Scoring
-from ..metrics import check_metric_output, get_metric, is_higher_better, metric_name
+from ..metrics import answer_columns, check_metric_output, get_metric, is_higher_better, metric_name, on_columns
 from ..models import graph_for
 from ..parallel import all_reduce_sum, is_main
 from ..patching.runner import shard_data
@@ -164,7 +164,9 @@ class _Job:
     """One batch's attribution work: the model, the batch, the metric and where scores go.
 
     Unless ``full_logits``, logits are computed only at the answer positions
-    (``logit_positions``) and the metric sees ``metric_batch``, whose answer_pos is 0.
+    (``logit_positions``) and the metric sees ``metric_batch``, whose answer_pos is 0; a metric that
+    reads only the answer tokens' logits (``answer_columns_only``) gets those columns alone (``columns``),
+    which spares the unembedding's forward and backward.
     """
 
     tm: TracedModel
@@ -180,11 +182,19 @@ class _Job:
         return None if self.full_logits else self.batch.answer_pos
 
     @property
+    def columns(self) -> torch.Tensor | None:
+        return None if self.full_logits else answer_columns([self.metric], self.batch)
+
+    @property
     def metric_batch(self) -> Batch:
-        return self.batch if self.full_logits else self.batch.at_answer()
+        if self.full_logits:
+            return self.batch
+        cols = self.columns
+        return self.batch.at_answer() if cols is None else on_columns(self.batch.at_answer(), cols)
 
     def run(self, ids: torch.Tensor, **kw):
-        return self.tm.run(ids, self.batch.attention_mask, logit_positions=self.positions, **kw)
+        return self.tm.run(ids, self.batch.attention_mask, logit_positions=self.positions,
+                           logit_columns=self.columns, **kw)
 
     def clean_and_corrupted(self):
         with torch.no_grad():
