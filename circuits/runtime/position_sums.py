@@ -19,26 +19,32 @@ import torch.nn.functional as F
 SPARSE_SHARE = 0.3
 
 
+def by_rows(coef: torch.Tensor) -> bool:
+    """Whether sums with the coefficients ``coef`` read only the weighted rows (:func:`row_sums`): at most
+    :data:`SPARSE_SHARE` of them are nonzero."""
+    return int(coef.count_nonzero()) <= SPARSE_SHARE * coef.numel()
+
+
 def position_sums(buf: torch.Tensor, coef: torch.Tensor, out: torch.Tensor | None = None, first: int = 0
                   ) -> torch.Tensor:
     """``x[k*Q + q, r] = Σ_j coef[k, r, j] · buf[k, q, first + j]``: ``buf`` ``[K, Q, J, d]`` (contiguous),
-    ``coef`` ``[K, R, n]`` over its slots ``first..first+n-1`` -> ``[K*Q, R, d]``. ``out`` (``[K*Q, R, d]``)
-    is written on the matmul path only; the row-sum path returns a new tensor."""
+    ``coef`` ``[K, R, n]`` over its slots ``first..first+n-1`` -> ``[K*Q, R, d]``: one small matmul per
+    position, or :func:`row_sums` where :func:`by_rows`. ``out`` (``[K*Q, R, d]``) is written on the matmul
+    path only; the row-sum path returns a new tensor."""
+    if by_rows(coef):
+        return row_sums(buf, coef, first)
     K, Q, J, d = buf.shape
     n = coef.shape[2]
-    nz = coef.nonzero()  # [E, 3] (mask, receiver, slot), in row-major order
-    if len(nz) > SPARSE_SHARE * coef.numel():
-        c = coef[:, None].expand(K, Q, *coef.shape[1:]).reshape(K * Q, -1, n)
-        return torch.bmm(c, buf[:, :, first:first + n].reshape(K * Q, n, d), out=out)
-    return _row_sums(buf, coef, nz, first)
+    c = coef[:, None].expand(K, Q, *coef.shape[1:]).reshape(K * Q, -1, n)
+    return torch.bmm(c, buf[:, :, first:first + n].reshape(K * Q, n, d), out=out)
 
 
-def _row_sums(buf: torch.Tensor, coef: torch.Tensor, nz: torch.Tensor, first: int) -> torch.Tensor:
-    """:func:`position_sums` by ``embedding_bag`` over the nonzeros ``nz`` of ``coef``: one bag per
-    (mask, row, receiver), holding the buffer rows of that receiver's nonzero slots."""
+def row_sums(buf: torch.Tensor, coef: torch.Tensor, first: int = 0) -> torch.Tensor:
+    """:func:`position_sums` by ``embedding_bag`` over the nonzeros of ``coef``: one bag per (mask, row,
+    receiver), holding the buffer rows of that receiver's nonzero slots; no gathered copy is written."""
     K, Q, J, d = buf.shape
     R = coef.shape[1]
-    m, r, j = nz.unbind(1)
+    m, r, j = coef.nonzero().unbind(1)  # (mask, receiver, slot) of each nonzero, in row-major order
     weights = coef[m, r, j]
     j = j + first
     per_bag = torch.bincount(m * R + r, minlength=K * R).view(K, R)  # entries of each receiver
@@ -50,8 +56,8 @@ def _row_sums(buf: torch.Tensor, coef: torch.Tensor, nz: torch.Tensor, first: in
         e = hi - lo
         index.append(((k * Q + q) * J + j[None, lo:hi]).flatten())  # table rows [Q * e]
         w.append(weights[lo:hi].expand(Q, e).flatten())
-        first = per_bag[k].cumsum(0) - per_bag[k]  # [R]: where each receiver's entries start
-        offsets.append((done + q * e + first[None]).flatten())
+        starts = per_bag[k].cumsum(0) - per_bag[k]  # [R]: where each receiver's entries start
+        offsets.append((done + q * e + starts[None]).flatten())
         done += Q * e
     x = F.embedding_bag(torch.cat(index), buf.view(-1, d), torch.cat(offsets), mode="sum",
                         per_sample_weights=torch.cat(w))  # [K*Q*R, d]

@@ -150,14 +150,13 @@ def add_weighted(acc: torch.Tensor, A: torch.Tensor, table: torch.Tensor, first:
                  inplace: bool = False) -> torch.Tensor:
     """``acc + A @ table[:, first:first+n]`` at every position: ``acc`` ``[Q, c or 1, d]``, ``A`` ``[c, n]``,
     ``table`` ``[Q, J, d]`` (contiguous) -> ``[Q, c, d]`` (``acc`` itself when ``A`` is zero; written into
-    ``acc`` when ``inplace`` and it is a full ``[Q, c, d]``). Sparse weights (``SPARSE_SHARE``) are summed by
-    rows (:func:`~circuits.runtime.position_sums.position_sums`); otherwise only the columns of ``A`` with a nonzero take part, gathered
-    when they are under half of them."""
-    nonzero = int(A.count_nonzero())
-    if not nonzero:
+    ``acc`` when ``inplace`` and it is a full ``[Q, c, d]``). Sparse weights are summed by rows
+    (:func:`~circuits.runtime.position_sums.by_rows`); otherwise only the columns of ``A`` with a nonzero take
+    part, gathered when they are under half of them."""
+    if not bool(A.any()):
         return acc
-    if nonzero <= sums.SPARSE_SHARE * A.numel() and table.is_contiguous():  # no gathered copy of the rows read
-        x = sums.position_sums(table[None], A[None], first=first)  # [Q, c, d]
+    if table.is_contiguous() and sums.by_rows(A):  # no gathered copy of the rows read
+        x = sums.row_sums(table[None], A[None], first)  # [Q, c, d]
         return acc.add_(x) if inplace and acc.shape == x.shape else x.add_(acc)
     src = table[:, first:first + A.shape[1]]
     cols = A.any(0).nonzero().flatten()

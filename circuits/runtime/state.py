@@ -232,8 +232,7 @@ class RunState:
         at = self.tail_at if at is None else at
         K, n, R = Wl.shape
         Bp, d = resid.shape
-        rows = torch.arange(Bp, device=resid.device) * (self.buffer.shape[1] // self.B) + at  # rows of [B'*P, ...]
-        buf = self.buffer.view(-1, self.buffer.shape[2], d)[rows, 1:1 + n]  # [B', n, d]
+        buf = Block.rows_at(self.buffer.view(Bp, -1, self.buffer.shape[2], d)[:, :, 1:1 + n], at)[:, 0]  # [B', n, d]
         w = Wl.transpose(1, 2).repeat_interleave(self.B, 0)  # [B', R, n]: each row its mask's weights
         x = torch.baddbmm(resid[:, None], w, buf, alpha=-1)  # [B', R, d]
         return x.permute(1, 0, 2)[:, :, None]
