@@ -68,7 +68,7 @@ def single_edge_metric_values(runner: PatchRunner, edges: torch.Tensor, progress
             if base is None:
                 base_cache.clear()  # one prepared batch at a time: work is batch-major
                 base = base_cache[id(p)] = _Base(runner, p)
-            columns = answer_columns([runner.metric], p.batch)  # the answer tokens' logits only, where that is all
+                columns = answer_columns([runner.metric], p.batch)  # the answer tokens' logits only, where that is all
             logits = base.patched_logits(layer, edges[sel], columns)  # [n * B, 1, V or C]
             total[sel] += runner.chunk_metric(p, logits, len(sel), columns=columns)
     out = torch.zeros(len(all_edges), dtype=torch.float64)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal, get_args
 
 import torch
@@ -181,7 +182,7 @@ class _Job:
     def positions(self) -> torch.Tensor | None:
         return None if self.full_logits else self.batch.answer_pos
 
-    @property
+    @cached_property
     def columns(self) -> torch.Tensor | None:
         return None if self.full_logits else answer_columns([self.metric], self.batch)
 
