@@ -104,23 +104,41 @@ class TracedModel(nn.Module):
         a = self.adapter
         self.layout: GraphLayout = layout_for(a.n_layers, a.n_heads, a.parallel_attn_mlp)
         self.blocks = [Block(a, layer) for layer in range(a.n_layers)]
-        self.workspace: Workspace | None = None  # set by reusing_buffers
+        self.workspace: Workspace | None = None  # the active one, set by reusing_buffers
+        self._kept: Workspace | None = None  # the last block's scratch, held for the next block
 
     @contextmanager
     def reusing_buffers(self, workspace: Workspace | None = None) -> Iterator[None]:
         """Within the block, masked runs share their large scratch tensors (the delta buffer, a layer's
         receiver inputs, the sparse forward's store: :mod:`~circuits.runtime.workspace`) instead of
-        allocating them each run; they are let go on leaving the outermost such block, unless the caller
-        holds ``workspace`` (to keep them across blocks). For loops over masks; the runs must be sequential
-        (one run's buffer is the next one's)."""
+        allocating them each run. For loops over masks; the runs must be sequential (one run's buffer is the
+        next one's).
+
+        On leaving the outermost block its scratch is kept for the next block (a runner's next evaluation then
+        takes no fresh pages from the operating system) until a run outside any block (a recording, an
+        attribution or training pass) or :meth:`release_buffers` lets it go: the model holds at most one
+        loop's scratch, and never while other work runs. A caller's own ``workspace`` is used instead and
+        stays the caller's."""
         if self.workspace is not None:
             yield
             return
-        self.workspace = workspace or Workspace()
+        self.workspace = workspace or self._kept or Workspace()
+        self._kept = None
         try:
             yield
         finally:
+            if workspace is None:
+                self._kept = self.workspace
             self.workspace = None
+
+    def release_buffers(self) -> None:
+        """Let go of the scratch the last :meth:`reusing_buffers` block kept (see there)."""
+        self._kept = None
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of scratch kept from the last :meth:`reusing_buffers` block (0 once let go)."""
+        return 0 if self._kept is None else self._kept.nbytes()
 
     @property
     def device(self) -> torch.device:
@@ -169,6 +187,8 @@ class TracedModel(nn.Module):
                 (its senders are shared by all K masks).
         """
         B, P = self._check_inputs(input_ids, attention_mask, patch)
+        if self.workspace is None:  # not one of a loop's runs: the kept scratch must not add to this run's peak
+            self.release_buffers()
         dev = input_ids.device
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, B, P, dev)

@@ -6,7 +6,10 @@ fresh pages from the operating system and paid a page fault per 4 KiB on first t
 (``benchmarks/bench_forward.py`` prints the count per run). Runners that evaluate many masks open
 :meth:`~circuits.runtime.TracedModel.reusing_buffers`, and each run then takes the previous run's
 buffer, its layers' receiver inputs and the sparse masked forward's store of computed deltas from a
-:class:`Workspace`. Every element handed out is written before it is read.
+:class:`Workspace`. Every element handed out is written before it is read. The model keeps the last loop's
+workspace for the next loop (a runner's next evaluation) until a run outside any loop lets it go, so repeated
+evaluations fault in no fresh pages either; the model holds at most one loop's scratch
+(:attr:`~circuits.runtime.TracedModel.held_bytes`).
 """
 
 from __future__ import annotations
@@ -34,3 +37,7 @@ class Workspace:
             del held
             held = self._held[name] = torch.empty(n, dtype=dtype, device=device)
         return held[:n].view(shape)
+
+    def nbytes(self) -> int:
+        """Bytes held, all names together."""
+        return sum(t.numel() * t.element_size() for t in self._held.values())

@@ -81,3 +81,27 @@ def test_a_masked_run_that_does_not_record_lets_older_outputs_go(states):
     assert held[0] == [False] * (len(held[0]) - 1) + [True]  # the last MLP's output only
     assert all(held[1]) and rec.senders.shape[0] == tm.layout.n_senders
     assert (plain - rec.logits).abs().max() <= 1e-6
+
+
+def test_the_last_loops_scratch_is_kept_for_the_next_until_another_run(states):
+    tm = TracedModel(tiny_model("llama"))
+    clean, corr, am = random_batch()
+    first = len(states)
+    with torch.no_grad():
+        ref = tm.run(corr, am, record=True).senders
+        keep = (torch.rand(tm.layout.n_edges, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+        for _ in range(2):
+            with tm.reusing_buffers():
+                tm.run(clean, am, patch=Patch(keep, ref))
+            assert tm.held_bytes >= states[-1].buffer.numel() * 4  # kept after the block
+        patched = [s.buffer for s in states[first:] if s.buffer is not None]
+        assert len(patched) == 2 and patched[0].data_ptr() == patched[1].data_ptr()  # the second block reused it
+        tm.run(clean, am)  # a run outside any loop lets it go first
+        assert tm.held_bytes == 0
+        with tm.reusing_buffers():
+            tm.run(clean, am, patch=Patch(keep, ref))
+        tm.release_buffers()
+        assert tm.held_bytes == 0
+        with tm.reusing_buffers(Workspace()):  # a caller's workspace stays the caller's
+            tm.run(clean, am, patch=Patch(keep, ref))
+        assert tm.held_bytes == 0
