@@ -11,7 +11,8 @@ end on its first (cold) call; a warm curve (best of --repeats) split into clean 
 selection and patched evaluation; ratios to the bare forward; peak RSS. Then the sparse masked
 forward (circuits/runtime/sparse.py) against the general one on the same runner's recorded runs:
 the curve's masks (target <= 6x), one circuit of 1 % of the edges (target <= 0.3x) and a floor under
-any exact evaluation of it (the MLPs it changes and the answer logits, timed alone), and a table of
+any exact evaluation of it (the arithmetic of the MLPs and heads it changes and of the answer logits, timed
+alone), and a table of
 the cost of each curve mask against the number of nodes it makes CHANGED. In that part every ratio
 divides by a bare forward timed in the same rounds (the machine's speed drifts over minutes).
 
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import bare_forward, best_time, interleaved_best, parser, peak_rss_mb, setup  # noqa: E402
@@ -32,7 +34,7 @@ from common import bare_forward, best_time, interleaved_best, parser, peak_rss_m
 from circuits.evaluation import MIB_FRACTIONS, curve_masks, faithfulness_curve  # noqa: E402
 from circuits.metrics import answer_columns, get_metric  # noqa: E402
 from circuits.patching import PatchRunner  # noqa: E402
-from circuits.runtime.node_states import plan_states  # noqa: E402
+from circuits.runtime.node_states import CHANGED, plan_states  # noqa: E402
 from circuits.scores import attribute  # noqa: E402
 
 
@@ -113,7 +115,7 @@ def sparse_report(tm, g, b, args, bare) -> None:
         t_s, t_g, t_bare = timed(m)
         print(f"  {name:34s} sparse {t_s * 1e3:8.1f} ms {t_s / t_bare:6.2f}x (target {target});  "
               f"general {t_g * 1e3:8.1f} ms {t_g / t_bare:6.2f}x;  bare {t_bare * 1e3:8.1f} ms")
-    mlp_floor(tm, g, b, one, bare, args.repeats)
+    circuit_floor(tm, g, b, one, bare, args.repeats)
     changed = plan_states(g.layout, circuits).changed_nodes().tolist()
     n_nodes = g.layout.n_senders  # heads, MLPs and input (+ logits)
     print(f"  cost per mask vs CHANGED nodes (of {n_nodes} + logits), one mask per evaluate call:")
@@ -127,21 +129,39 @@ def sparse_report(tm, g, b, args, bare) -> None:
           f"({st.masks} masks evaluated)")
 
 
-def mlp_floor(tm, g, b, keep: torch.Tensor, bare, repeats: int) -> None:
-    """A floor under any exact evaluation of the circuit ``keep`` from the recorded runs: the MLPs it changes
-    (at every position where a computed key, value or such an MLP reads them, else at the answer positions)
-    and the answer-position logits the metric reads, timed alone on inputs of their shapes (heads, input assembly and
-    everything else left out), against a bare forward timed in the same rounds."""
+def circuit_floor(tm, g, b, keep: torch.Tensor, bare, repeats: int) -> None:
+    """A floor under any exact evaluation of the circuit ``keep`` from the recorded runs: the arithmetic of the
+    nodes it changes, timed alone on random inputs of their shapes against a bare forward timed in the same
+    rounds (input assembly, gathers and bookkeeping left out). Printed in two parts:
+
+    * the MLPs it changes (at every position where a computed key, value or such an MLP reads them, else at
+      the answer positions) and the answer logits the metric reads;
+    * the heads it changes: a norm and a q, k or v projection per CHANGED receiver (queries of heads read at
+      the answer positions only there), attention, and ``W_O``, at the positions the sparse forward needs.
+    """
     lay = g.layout
     plan = plan_states(lay, keep.reshape(1, -1))
     layers = range(lay.n_layers)
     full = [lyr for lyr in layers if bool(plan.full[0, lay.mlp_sender(lyr)])]
     at = [lyr for lyr in layers if bool(plan.live[0, lay.mlp_sender(lyr)]) and lyr not in full]
-    d = tm.adapter.d_model
-    x, x_at = torch.randn(*b.clean.shape, d), torch.randn(b.clean.shape[0], 1, d)
+    (B, P), d, H = b.clean.shape, tm.adapter.d_model, lay.n_heads
+    dh = d // H
+    x, x_at = torch.randn(B, P, d), torch.randn(B, 1, d)
     columns = answer_columns([get_metric("logit_diff")], b)
+    heads = []  # per layer: (receivers projected at every position, queries at the answer only, heads, heads at answer)
+    for lyr in layers:
+        s0, _ = lay.head_senders(lyr)
+        r0, r1 = lay.attn_receivers(lyr)
+        live, whole = plan.live[0, s0:s0 + H], plan.full[0, s0:s0 + H]
+        rs = (plan.receivers[0, r0:r1].view(H, 3) == CHANGED) & live[:, None]  # [H, 3] computed q, k, v
+        n_every = int(rs[whole].sum() + rs[~whole, 1:].sum())
+        heads.append((n_every, int(rs[~whole, 0].sum()), int((live & whole).sum()), int((live & ~whole).sum())))
+    n_most = max(max(h) for h in heads) or 1
+    w_in, w_out = torch.randn(n_most, d, dh), torch.randn(n_most, dh, d)
+    xr, xr_at = torch.randn(n_most, B * P, d), torch.randn(n_most, B, d)
+    qkv, q_at = torch.randn(B, n_most, P, dh), torch.randn(B, n_most, 1, dh)
 
-    def floor() -> None:
+    def mlps() -> None:
         with torch.no_grad():
             for lyr in full:
                 tm.blocks[lyr].mlp(x)
@@ -149,10 +169,27 @@ def mlp_floor(tm, g, b, keep: torch.Tensor, bare, repeats: int) -> None:
                 tm.blocks[lyr].mlp(x_at)
             tm.adapter.unembed(x_at, columns)  # the logits the metric reads (logit_diff: the answer tokens')
 
-    t = interleaved_best({"bare": bare, "floor": floor}, repeats)
-    print(f"  floor for that circuit: its {len(full)} MLPs needed at every position, {len(at)} at the answer "
-          f"positions only and the answer logits the metric reads, alone: {t['floor'] * 1e3:8.1f} ms {t['floor'] / t['bare']:6.2f}x "
-          f"(bare {t['bare'] * 1e3:.1f} ms)")
+    def head_work() -> None:
+        for n_every, n_q_at, n_full, n_at in heads:
+            for n, inp in ((n_every, xr), (n_q_at, xr_at)):
+                if n:
+                    torch.bmm(F.layer_norm(inp[:n], (d,)), w_in[:n])
+            if n_full:
+                ctx = F.scaled_dot_product_attention(qkv[:, :n_full], qkv[:, :n_full], qkv[:, :n_full], is_causal=True)
+                torch.einsum("bnpe,ned->bpnd", ctx, w_out[:n_full])
+            if n_at:
+                ctx = F.scaled_dot_product_attention(q_at[:, :n_at], qkv[:, :n_at], qkv[:, :n_at])
+                torch.einsum("bne,ned->nbd", ctx[:, :, 0], w_out[:n_at])
+
+    t = interleaved_best({"bare": bare, "mlps": mlps, "heads": head_work}, repeats)
+    n_heads = sum(h[2] + h[3] for h in heads)
+    print(f"  floor for that circuit (its arithmetic alone, bare {t['bare'] * 1e3:.1f} ms in the same rounds):")
+    print(f"    its {len(full)} MLPs needed at every position, {len(at)} at the answer positions only and the answer "
+          f"logits the metric reads: {t['mlps'] * 1e3:8.1f} ms {t['mlps'] / t['bare']:6.2f}x")
+    print(f"    its {n_heads} heads' norms and projections ({sum(h[0] + h[1] for h in heads)} q/k/v receivers), "
+          f"attention and W_O: {t['heads'] * 1e3:8.1f} ms {t['heads'] / t['bare']:6.2f}x")
+    total = t["mlps"] + t["heads"]
+    print(f"    together: {total * 1e3:8.1f} ms {total / t['bare']:6.2f}x")
 
 
 if __name__ == "__main__":
