@@ -115,10 +115,11 @@ class TracedModel(nn.Module):
         next one's).
 
         On leaving the outermost block its scratch is kept for the next block (a runner's next evaluation then
-        takes no fresh pages from the operating system) until a run outside any block (a recording, an
-        attribution or training pass) or :meth:`release_buffers` lets it go: the model holds at most one
-        loop's scratch, and never while other work runs. A caller's own ``workspace`` is used instead and
-        stays the caller's."""
+        takes no fresh pages from the operating system) until a run outside any block that records, probes or
+        has gradients (a recording, an attribution or training pass) or :meth:`release_buffers` lets it go: the
+        model holds at most one loop's scratch, and never while such work runs. A caller's own ``workspace``
+        is used instead and stays the caller's. A masked :meth:`run` without gradients, probes or recording
+        is a block of one run by itself (for the CPU, what the CUDA caching allocator does for freed blocks)."""
         if self.workspace is not None:
             yield
             return
@@ -187,8 +188,13 @@ class TracedModel(nn.Module):
                 (its senders are shared by all K masks).
         """
         B, P = self._check_inputs(input_ids, attention_mask, patch)
-        if self.workspace is None:  # not one of a loop's runs: the kept scratch must not add to this run's peak
-            self.release_buffers()
+        if self.workspace is None:
+            if probe is not None or record or record_resid or torch.is_grad_enabled():
+                self.release_buffers()  # work with a large peak of its own: the kept scratch must not add to it
+            elif patch is not None:  # a masked run whose outputs (logits alone) share no memory with its scratch
+                with self.reusing_buffers():
+                    return self.run(input_ids, attention_mask, position_ids, patch=patch, logit_positions=logit_positions,
+                                    logit_columns=logit_columns, resume=resume)
         dev = input_ids.device
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, B, P, dev)

@@ -32,7 +32,10 @@ class Workspace:
         alive together). The previous tensor handed out under ``name`` must no longer be in use."""
         n = math.prod(shape)
         held = self._held.get(name)
-        if held is None or held.numel() < n or held.dtype != dtype or held.device != device:
+        # a block made under torch.inference_mode cannot be written outside it (nor the reverse be kept)
+        inference = torch.is_inference_mode_enabled()
+        if (held is None or held.numel() < n or held.dtype != dtype or held.device != device
+                or held.is_inference() != inference):
             self._held.pop(name, None)
             del held
             held = self._held[name] = torch.empty(n, dtype=dtype, device=device)

@@ -96,7 +96,9 @@ def test_the_last_loops_scratch_is_kept_for_the_next_until_another_run(states):
             assert tm.held_bytes >= states[-1].buffer.numel() * 4  # kept after the block
         patched = [s.buffer for s in states[first:] if s.buffer is not None]
         assert len(patched) == 2 and patched[0].data_ptr() == patched[1].data_ptr()  # the second block reused it
-        tm.run(clean, am)  # a run outside any loop lets it go first
+        tm.run(clean, am)  # a plain forward leaves it
+        assert tm.held_bytes > 0
+        tm.run(corr, am, record=True)  # a recording outside any loop lets it go first
         assert tm.held_bytes == 0
         with tm.reusing_buffers():
             tm.run(clean, am, patch=Patch(keep, ref))
@@ -105,3 +107,44 @@ def test_the_last_loops_scratch_is_kept_for_the_next_until_another_run(states):
         with tm.reusing_buffers(Workspace()):  # a caller's workspace stays the caller's
             tm.run(clean, am, patch=Patch(keep, ref))
         assert tm.held_bytes == 0
+
+
+def test_a_plain_masked_run_keeps_its_scratch_and_other_runs_let_it_go(states):
+    tm = TracedModel(tiny_model("gpt2"))
+    clean, corr, am = random_batch()
+    keep = (torch.rand(tm.layout.n_edges, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    with torch.no_grad():
+        ref = tm.run(corr, am, record=True).senders
+    first = len(states)
+    with torch.no_grad():
+        a = tm.run(clean, am, patch=Patch(keep, ref)).logits
+        assert tm.held_bytes > 0
+        b = tm.run(clean, am, patch=Patch(keep, ref)).logits  # a second call takes the first one's buffer
+    patched = [s.buffer for s in states[first:]]
+    assert len(patched) == 2 and patched[0].data_ptr() == patched[1].data_ptr()
+    assert torch.equal(a, b)  # the logits are not views of the scratch the second run overwrote
+    with torch.no_grad():
+        rec = tm.run(clean, am, patch=Patch(keep, ref), record=True)  # recorded outputs may live in the scratch
+    assert tm.held_bytes == 0 and (rec.logits - a).abs().max() <= 1e-6
+    with torch.no_grad():
+        tm.run(clean, am, patch=Patch(keep, ref))
+    tm.run(clean, am, patch=Patch(keep, ref))  # with gradients: a training step's peak must not include it
+    assert tm.held_bytes == 0
+
+
+def test_a_block_made_under_inference_mode_is_not_handed_out_outside_it():
+    tm = TracedModel(tiny_model("gpt2"))
+    clean, corr, am = random_batch()
+    keep = (torch.rand(tm.layout.n_edges, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    with torch.no_grad():
+        ref = tm.run(corr, am, record=True).senders
+        want = tm.run(clean, am, patch=Patch(keep, ref)).logits
+    tm.release_buffers()
+    with torch.inference_mode():
+        a = tm.run(clean, am, patch=Patch(keep, ref)).logits
+    with torch.no_grad():  # would raise writing into the inference-mode block
+        b = tm.run(clean, am, patch=Patch(keep, ref)).logits
+    with torch.inference_mode():
+        c = tm.run(clean, am, patch=Patch(keep, ref)).logits
+    for x in (a, b, c):
+        assert (x - want).abs().max() <= 1e-6
