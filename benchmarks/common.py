@@ -56,21 +56,28 @@ def _family_config(family: str, quick: bool, expert_width: int | None = None):
                                  shared_expert_intermediate_size=2 * width)
     if family == "olmoe":
         return tf.OlmoeConfig(**gqa, **moe, num_experts=8)
+    if family in ("gemma2", "gemma3"):  # post-norm; every other layer sliding-window (window 16 of 32 tokens)
+        cls = tf.Gemma2Config if family == "gemma2" else tf.Gemma3TextConfig
+        return cls(**gqa, head_dim=d // H, query_pre_attn_scalar=d // H, intermediate_size=4 * d, sliding_window=16)
+    if family == "olmo2":  # post-norm, q/k norms over the whole projection
+        return tf.Olmo2Config(**gqa, intermediate_size=d * 8 // 3)
     raise KeyError(family)
 
 
-BENCH_FAMILIES = ("gpt2", "gptj", "llama", "qwen3", "phi3", "mixtral", "qwen2_moe", "olmoe")
+BENCH_FAMILIES = ("gpt2", "gptj", "llama", "qwen3", "phi3", "mixtral", "qwen2_moe", "olmoe", "gemma2", "gemma3", "olmo2")
 """Families ``bench_forward.py --family`` can build."""
 
 
 def family_model(family: str, quick: bool = False, seed: int = 0, expert_width: int | None = None):
-    """A random-init model of ``family`` (``gpt2`` = GPT-2 small), float32, eval mode, sdpa attention
-    (``expert_width``: mixture-of-experts families' expert width instead of the default 256)."""
+    """A random-init model of ``family`` (``gpt2`` = GPT-2 small), float32, eval mode, sdpa attention (Gemma-2:
+    eager) (``expert_width``: mixture-of-experts families' expert width instead of the default 256)."""
     if family == "gpt2":
         return gpt2_small(quick, seed)
     torch.manual_seed(seed)
     config = _family_config(family, quick, expert_width)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    # transformers runs Gemma-2 (attention logit soft-capping) with its eager attention only
+    attn = "eager" if family == "gemma2" else "sdpa"
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn).eval()
 
 
 def random_batch(vocab: int, B: int, P: int, seed: int = 0) -> Batch:

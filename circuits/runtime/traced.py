@@ -117,7 +117,8 @@ class TracedModel(nn.Module):
         On leaving the outermost block its scratch is kept for the next block (a runner's next evaluation then
         takes no fresh pages from the operating system) until a run outside any block that records, probes or
         has gradients (a recording, an attribution or training pass) or :meth:`release_buffers` lets it go: the
-        model holds at most one loop's scratch, and never while such work runs. A caller's own ``workspace``
+        model holds at most one loop's scratch, and never while such work runs. A block lets go of the kept
+        blocks it does not ask for before it allocates anything and when it ends (:meth:`Workspace.begin`). A caller's own ``workspace``
         is used instead and stays the caller's. A masked :meth:`run` without gradients, probes or recording
         is a block of one run by itself (for the CPU, what the CUDA caching allocator does for freed blocks)."""
         if self.workspace is not None:
@@ -125,10 +126,13 @@ class TracedModel(nn.Module):
             return
         self.workspace = workspace or self._kept or Workspace()
         self._kept = None
+        if workspace is None:
+            self.workspace.begin()  # what the last loop held but this one does not use is let go
         try:
             yield
         finally:
             if workspace is None:
+                self.workspace.end()
                 self._kept = self.workspace
             self.workspace = None
 

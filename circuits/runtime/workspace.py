@@ -9,7 +9,8 @@ buffer, its layers' receiver inputs and the sparse masked forward's store of com
 :class:`Workspace`. Every element handed out is written before it is read. The model keeps the last loop's
 workspace for the next loop (a runner's next evaluation) until a run outside any loop lets it go, so repeated
 evaluations fault in no fresh pages either; the model holds at most one loop's scratch
-(:attr:`~circuits.runtime.TracedModel.held_bytes`).
+(:attr:`~circuits.runtime.TracedModel.held_bytes`), and a loop lets go of the kept blocks it does not ask
+for before its first new allocation and when it ends (:meth:`Workspace.begin`).
 """
 
 from __future__ import annotations
@@ -25,12 +26,26 @@ class Workspace:
 
     def __init__(self) -> None:
         self._held: dict[str, torch.Tensor] = {}  # name -> a flat tensor
+        self._asked: set[str] | None = None  # names asked for since begin(), while a loop runs
+
+    def begin(self) -> None:
+        """A loop starts: from now on, blocks it has not asked for are let go before any new allocation
+        (an earlier loop's leftovers never add to this loop's peak) and at :meth:`end`."""
+        self._asked = set()
+
+    def end(self) -> None:
+        """The loop is over: keep only the blocks it asked for."""
+        if self._asked is not None:
+            self._held = {k: v for k, v in self._held.items() if k in self._asked}
+        self._asked = None
 
     def empty(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """An uninitialised contiguous tensor like ``torch.empty(shape)``: a view of the block held under
         ``name`` when that has room, else a new block (the old one is let go first, so the two are never
         alive together). The previous tensor handed out under ``name`` must no longer be in use."""
         n = math.prod(shape)
+        if self._asked is not None:
+            self._asked.add(name)
         held = self._held.get(name)
         # a block made under torch.inference_mode cannot be written outside it (nor the reverse be kept)
         inference = torch.is_inference_mode_enabled()
@@ -38,6 +53,8 @@ class Workspace:
                 or held.is_inference() != inference):
             self._held.pop(name, None)
             del held
+            if self._asked is not None:  # an earlier loop's blocks this one has not used go first
+                self._held = {k: v for k, v in self._held.items() if k in self._asked}
             held = self._held[name] = torch.empty(n, dtype=dtype, device=device)
         return held[:n].view(shape)
 

@@ -148,3 +148,36 @@ def test_a_block_made_under_inference_mode_is_not_handed_out_outside_it():
         c = tm.run(clean, am, patch=Patch(keep, ref)).logits
     for x in (a, b, c):
         assert (x - want).abs().max() <= 1e-6
+
+
+def test_a_loop_keeps_only_the_blocks_it_asked_for():
+    ws, cpu, f = Workspace(), torch.device("cpu"), torch.float32
+    a = ws.empty("a", (4,), f, cpu)  # an earlier loop's blocks
+    ws.empty("b", (4,), f, cpu)
+    ws.begin()
+    assert ws.empty("a", (2,), f, cpu).data_ptr() == a.data_ptr()  # reused: nothing allocated, nothing let go
+    assert ws.nbytes() == 32
+    ws.empty("c", (4,), f, cpu)  # a new block: "b", which this loop has not asked for, goes first
+    assert ws.nbytes() == 32
+    ws.empty("b", (4,), f, cpu)  # asked for again: a new block
+    ws.end()
+    assert ws.nbytes() == 48  # a, c, b: all asked for in this loop
+    ws.begin()
+    ws.empty("a", (4,), f, cpu)
+    ws.end()
+    assert ws.nbytes() == 16  # only "a" kept
+
+
+def test_the_next_loop_lets_go_of_what_it_does_not_use():
+    tm = TracedModel(tiny_model("gpt2"))
+    clean, corr, am = random_batch()
+    keep = (torch.rand(tm.layout.n_edges, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    with torch.no_grad():
+        ref = tm.run(corr, am, record=True).senders
+        with tm.reusing_buffers():
+            tm.run(clean, am, patch=Patch(keep, ref))
+            tm.workspace.empty("another loop's block", (1000,), torch.float32, torch.device("cpu"))
+        with_other = tm.held_bytes
+        with tm.reusing_buffers():
+            tm.run(clean, am, patch=Patch(keep, ref))
+    assert tm.held_bytes == with_other - 4000
