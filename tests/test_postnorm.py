@@ -142,6 +142,31 @@ def test_shared_norms_equal_dense_path(fam):
     assert (fast - dense)[real].abs().max() <= 1e-5
 
 
+def test_receivers_sharing_a_patched_sum_read_their_own(fam):
+    """One mask whose receivers fall into several groups with the same weights on a layer's heads (all
+    removed; the even heads removed; the odd ones) besides kept and mixed ones: each receiver reads its
+    group's normalised sum, as the per-receiver path (weights that require grad) computes it."""
+    _, _, tm = fam
+    clean, corr, mask = random_batch()
+    lay = tm.layout
+    gen = torch.Generator().manual_seed(1)
+    sender = lay.edge_sender
+    kind = torch.randint(0, 5, (lay.n_receivers,), generator=gen)[lay.edge_receiver]  # per receiver
+    head = sender % (lay.n_heads + 1)  # 0: the input or an MLP, 1..H: a head (senders are grouped per layer)
+    keep = torch.ones(lay.n_edges)
+    keep[kind == 1] = 0.0
+    keep[(kind == 2) & (head % 2 == 0)] = 0.0
+    keep[(kind == 3) & (head % 2 == 1)] = 0.0
+    mixed = kind == 4
+    keep[mixed] = (torch.rand(int(mixed.sum()), generator=gen) < 0.5).float()
+    with torch.no_grad():
+        zc = tm.run(corr, mask, record=True).senders
+        fast = tm.run(clean, mask, patch=Patch(keep, zc)).logits
+    dense = tm.run(clean, mask, patch=Patch(keep.clone().requires_grad_(True), zc)).logits.detach()
+    real = mask.bool()
+    assert (fast - dense)[real].abs().max() <= 1e-5
+
+
 def test_resumed_masked_runs_equal_full_runs(fam):
     """Masks that agree with a base mask before layer 1 resume from the base run's recorded prefix (shared
     by every mask): the prefix's heads and input are read through the same norms as a full run's."""

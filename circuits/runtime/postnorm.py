@@ -103,6 +103,8 @@ def post_norm_input(resid: torch.Tensor, W: torch.Tensor | None, nonattn_delta: 
     """
     Bp, P, d = resid.shape
     B = Bp // K
+    if W is not None and not torch.is_grad_enabled():
+        return _input_without_grad(resid, W, nonattn_delta, layers, K, n_senders, stride)
     corr = None
     if W is not None:
         Wna = W[:, 0:n_senders:stride]  # [K, n_na, R]
@@ -122,6 +124,43 @@ def post_norm_input(resid: torch.Tensor, W: torch.Tensor | None, nonattn_delta: 
             x = resid[None].expand(R, *resid.shape)
         _register_probe(x, probe, slice(0, n_senders, stride), primals, K)
     return x
+
+
+def _input_without_grad(resid: torch.Tensor, W: torch.Tensor, nonattn_delta: torch.Tensor | None,
+                        layers: list[AttnLayer], K: int, n_senders: int, stride: int) -> torch.Tensor | None:
+    """:func:`post_norm_input` without autograd: the same inputs, built in one ``[R, K, B, P, d]`` tensor
+    that each layer's term is subtracted from in place (each temporary of that size is fresh memory the
+    allocator faults in, so the general path's dozen per layer, not its arithmetic, set its cost)."""
+    Bp, P, d = resid.shape
+    B, R = Bp // K, W.shape[2]
+    x = None
+    Wna = W[:, 0:n_senders:stride]  # [K, n_na, R]
+    if bool(Wna.any()):
+        dn = nonattn_delta.expand(nonattn_delta.shape[0], K, *nonattn_delta.shape[2:])
+        x = torch.einsum("ksr,skbpd->rkbpd", Wna.to(dn.dtype), dn).neg_().add_(resid.view(1, K, B, P, d))
+    for layer in layers:
+        Wl = W[:, layer.senders]  # [K, H, R]
+        if not bool(Wl.any()):
+            continue
+        uniq, inv = torch.unique(Wl.permute(2, 0, 1).reshape(R, -1), dim=0, return_inverse=True)
+        Wu = uniq.view(-1, *Wl.shape[:2])  # [U, K, H]
+        patched = Wu.flatten(1).any(1)  # [U]: the distinct weights that remove something
+        rows = torch.cumsum(patched, 0).sub_(1).masked_fill_(~patched, -1)[inv]  # [R]: term row, or -1
+        delta = layer.delta.expand(Wl.shape[1], K, *layer.delta.shape[2:])
+        pre = layer.pre  # [K|1, B, P, d]
+        prim = torch.einsum("ukh,hkbpd->ukbpd", Wu[patched].to(delta.dtype), delta).neg_().add_(pre)
+        term = layer.norm(prim).neg_().add_(layer.norm(pre))  # post(pre) - post(pre_v), [U', K, B, P, d]
+        del prim
+        if x is None:
+            x = resid.view(1, K, B, P, d).expand(R, K, B, P, d).clone()
+        recv = (rows >= 0).nonzero().flatten()
+        if len(recv) == len(term):  # every distinct patched sum read by one receiver: no gathered copy
+            order = torch.empty_like(recv)
+            order[rows[recv]] = recv
+            x.index_add_(0, order, term, alpha=-1)
+        else:
+            x.index_add_(0, recv, term[rows[recv]], alpha=-1)
+    return None if x is None else x.reshape(R, Bp, P, d)
 
 
 def _register_probe(x: torch.Tensor, probe: tuple[ProbeFn, torch.Tensor], nonattn: slice,
