@@ -167,6 +167,19 @@ def test_receivers_sharing_a_patched_sum_read_their_own(fam):
     assert (fast - dense)[real].abs().max() <= 1e-5
 
 
+def test_post_attention_rms_equals_the_norm_module(fam):
+    """Adapter.post_attn_rms's ``x * rsqrt(mean(x²) + eps) * gain`` is the model's own post-attention norm."""
+    tm = TracedModel(tiny_model(fam[0]))  # its own copy: the gains are changed below
+    x = torch.randn(3, 5, tm.adapter.d_model, generator=torch.Generator().manual_seed(0)) * 3
+    for layer in range(tm.adapter.n_layers):
+        norm = tm.adapter.post_attn_norm(layer)
+        with torch.no_grad():
+            norm.weight.normal_()  # random gains (a fresh model's are all 0 or 1)
+            want = norm(x)
+            gain, eps = tm.adapter.post_attn_rms(layer)
+            assert (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gain - want).abs().max() <= 1e-5
+
+
 def test_resumed_masked_runs_equal_full_runs(fam):
     """Masks that agree with a base mask before layer 1 resume from the base run's recorded prefix (shared
     by every mask): the prefix's heads and input are read through the same norms as a full run's."""
@@ -183,11 +196,13 @@ def test_resumed_masked_runs_equal_full_runs(fam):
     assert (full - full.mean()).abs().max() > 1e-3  # the masks do differ
 
 
-def test_unpatched_layers_cost_no_norm(fam):
+def test_unpatched_layers_cost_no_norm(fam, monkeypatch):
     """One removed edge from a layer-0 head: later receiver groups that keep all of layer 0 run no extra
     norm; the one group with that receiver normalises two sums (the live one and the patched receiver's),
-    not one per receiver."""
+    not one per receiver. (The module is called for every norm here, so its hook sees them all; the
+    in-place RMSNorm, Adapter.post_attn_rms, normalises the same sums.)"""
     _, model, tm = fam
+    monkeypatch.setattr(tm.adapter, "post_attn_rms", lambda layer: None)
     clean, corr, mask = random_batch()
     lay = tm.layout
     rows = []

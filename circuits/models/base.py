@@ -169,6 +169,11 @@ class Adapter:
         """The norm applied to the MLP's output before it joins the residual, or None."""
         return None
 
+    def post_attn_rms(self, layer: int) -> tuple[torch.Tensor, float] | None:
+        """:meth:`post_attn_norm` as ``(gain, eps)`` of the RMSNorm ``x * rsqrt(mean(x²) + eps) * gain`` (float32),
+        so that many receivers' sums can be normalised in place, or None (the module is called)."""
+        return None
+
     def attn_softcap(self, layer: int) -> float | None:
         """Attention logit soft-capping ``c``: scores become ``c tanh(scores / c)`` before the mask (Gemma-2)."""
         return None

@@ -48,13 +48,14 @@ class AttnLayer:
 
     ``senders``: its heads' sender range; ``pre``: ``[K|1, B, P, d]`` the live ``Σ_h z_h + b_O``;
     ``delta``: ``[H, K|1, B, P, d]`` ``z_h - z_h^ref`` (None when nothing is patched); ``norm``: the
-    post-attention norm.
+    post-attention norm; ``rms``: that norm's ``(gain, eps)`` when it is an RMSNorm (normalised in place then).
     """
 
     senders: slice
     pre: torch.Tensor
     delta: torch.Tensor | None
     norm: nn.Module
+    rms: tuple[torch.Tensor, float] | None = None  # the norm as (gain, eps) when an RMSNorm (Adapter.post_attn_rms)
 
 
 def _zero(w: torch.Tensor | None) -> bool:
@@ -133,7 +134,7 @@ def _input_without_grad(resid: torch.Tensor, W: torch.Tensor, nonattn_delta: tor
     allocator faults in, so the general path's dozen per layer, not its arithmetic, set its cost)."""
     Bp, P, d = resid.shape
     B, R = Bp // K, W.shape[2]
-    x = None
+    x = scratch = None
     Wna = W[:, 0:n_senders:stride]  # [K, n_na, R]
     if bool(Wna.any()):
         dn = nonattn_delta.expand(nonattn_delta.shape[0], K, *nonattn_delta.shape[2:])
@@ -148,19 +149,36 @@ def _input_without_grad(resid: torch.Tensor, W: torch.Tensor, nonattn_delta: tor
         rows = torch.cumsum(patched, 0).sub_(1).masked_fill_(~patched, -1)[inv]  # [R]: term row, or -1
         delta = layer.delta.expand(Wl.shape[1], K, *layer.delta.shape[2:])
         pre = layer.pre  # [K|1, B, P, d]
-        prim = torch.einsum("ukh,hkbpd->ukbpd", Wu[patched].to(delta.dtype), delta).neg_().add_(pre)
-        term = layer.norm(prim).neg_().add_(layer.norm(pre))  # post(pre) - post(pre_v), [U', K, B, P, d]
-        del prim
+        Wp = Wu[patched].to(delta.dtype)  # [U', K, H]
+        if K == 1:  # pre_v = pre - Σ_h w_hv Δ_h in one pass, into memory reused across layers
+            if scratch is None:
+                scratch = resid.new_empty(R * B * P * d)
+            prim = scratch[:len(Wp) * B * P * d].view(len(Wp), 1, B, P, d)
+            torch.addmm(pre.reshape(1, -1), Wp[:, 0], delta.reshape(len(delta), -1), alpha=-1,
+                        out=prim.view(len(Wp), -1))
+        else:
+            prim = torch.einsum("ukh,hkbpd->ukbpd", Wp, delta).neg_().add_(pre)
+        # the receivers lose post(pre) - post(pre_v): add post(pre_v) - post(pre) to them, [U', K, B, P, d]
+        term = _normalised(layer, prim).sub_(layer.norm(pre))
         if x is None:
             x = resid.view(1, K, B, P, d).expand(R, K, B, P, d).clone()
         recv = (rows >= 0).nonzero().flatten()
         if len(recv) == len(term):  # every distinct patched sum read by one receiver: no gathered copy
             order = torch.empty_like(recv)
             order[rows[recv]] = recv
-            x.index_add_(0, order, term, alpha=-1)
+            x.index_add_(0, order, term)
         else:
-            x.index_add_(0, recv, term[rows[recv]], alpha=-1)
+            x.index_add_(0, recv, term[rows[recv]])
     return None if x is None else x.reshape(R, Bp, P, d)
+
+
+def _normalised(layer: AttnLayer, x: torch.Tensor) -> torch.Tensor:
+    """``layer.norm(x)``, in place in ``x`` where the norm is a float32 RMSNorm (``layer.rms``)."""
+    if layer.rms is None or x.dtype != torch.float32 or layer.rms[0].dtype != torch.float32:
+        return layer.norm(x)
+    gain, eps = layer.rms
+    scale = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+    return x.mul_(scale).mul_(gain)
 
 
 def _register_probe(x: torch.Tensor, probe: tuple[ProbeFn, torch.Tensor], nonattn: slice,
