@@ -304,10 +304,12 @@ class Adapter:
     #: :meth:`project_qkv` and :meth:`project_heads` apply an input norm's :class:`NormFold` (a family whose
     #: q/k/v are not per-head projections of the normalised input, e.g. OLMoE's full-width q/k norms, says False)
     folds_input_norm: bool = True
-    #: the attention norm is Llama's RMSNorm, ``weight * x * rsqrt(mean(x²) + variance_epsilon)`` in float32:
-    #: many receivers' own inputs are then normalised by :func:`~circuits.runtime.block.receiver_norm`
-    #: in fewer passes (a module without ``variance_epsilon``, e.g. Gemma's or OLMo-2's, is used as it is)
-    llama_rms_norm: bool = False
+    #: the attention norm is an RMSNorm, ``(weight + rms_weight_offset) * x * rsqrt(mean(x²) + eps)`` in float32
+    #: (``eps``: the module's ``variance_epsilon`` or ``eps``): many receivers' own inputs are then normalised
+    #: by :func:`~circuits.runtime.block.receiver_norm` in fewer passes (else the module is used as it is)
+    rms_norm: bool = False
+    #: added to an RMSNorm's weight to give its gain (Gemma's RMSNorm multiplies by ``1 + weight``)
+    rms_weight_offset: float = 0.0
 
     def head_outputs(self, layer: int, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-head contributions to the residual: ctx ``[B, H, P, dh]`` -> ``[H, B, P, d]``, plus b_O."""

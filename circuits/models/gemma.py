@@ -28,7 +28,7 @@ class Gemma2Adapter(LlamaAdapter):
     family = "gemma2"
     model_types = ("gemma2",)
     mlp_norm_name = "pre_feedforward_layernorm"
-    llama_rms_norm = False  # Gemma's RMSNorm multiplies by 1 + weight
+    rms_weight_offset = 1.0  # Gemma's RMSNorm multiplies by 1 + weight
 
     @classmethod
     def check_config(cls, config: Any) -> None:

@@ -15,7 +15,7 @@ class LlamaAdapter(Adapter):
     blocks_path = "model.layers"
     final_norm_path = "model.norm"
     additive_residual = True  # the sparse masked forward applies (see Adapter.additive_residual)
-    llama_rms_norm = True
+    rms_norm = True
 
     @classmethod
     def check_config(cls, config: Any) -> None:

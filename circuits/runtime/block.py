@@ -73,7 +73,8 @@ class Block:
         self.adapter, self.layer = adapter, layer
         self.parallel = adapter.parallel_attn_mlp
         self.attn_norm = adapter.attn_norm(layer)
-        self.receiver_norm = receiver_norm(self.attn_norm, adapter.llama_rms_norm)  # many receivers' own inputs
+        # many receivers' own inputs
+        self.receiver_norm = receiver_norm(self.attn_norm, adapter.rms_norm, adapter.rms_weight_offset)
         self.post_attn_norm = adapter.post_attn_norm(layer)
         self.post_mlp_norm = adapter.post_mlp_norm(layer)
 
@@ -191,18 +192,20 @@ def in_memory_order(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
     return norm(t).permute(2, 0, 1, 3)
 
 
-def receiver_norm(norm: nn.Module, llama_rms: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+def receiver_norm(norm: nn.Module, rms: bool, offset: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
     """The attention norm as applied to many receivers' own inputs (``[..., d]``; rows are independent):
-    a :class:`ReceiverNorm` for Llama's RMSNorm (``llama_rms``, :attr:`Adapter.llama_rms_norm`, and a module
-    holding ``weight`` and ``variance_epsilon``), else the module itself."""
-    eps, weight = getattr(norm, "variance_epsilon", None), getattr(norm, "weight", None)
-    if llama_rms and isinstance(eps, float) and weight is not None:
-        return ReceiverNorm(norm, weight, eps)
+    a :class:`ReceiverNorm` for an RMSNorm (``rms``, :attr:`Adapter.rms_norm`, and a module holding ``weight``
+    and ``variance_epsilon`` or ``eps``; gain ``weight + offset``, :attr:`Adapter.rms_weight_offset`), else the
+    module itself."""
+    eps, weight = getattr(norm, "variance_epsilon", getattr(norm, "eps", None)), getattr(norm, "weight", None)
+    if rms and isinstance(eps, float) and weight is not None:
+        return ReceiverNorm(norm, weight, eps, offset)
     return norm
 
 
 class ReceiverNorm:
-    """Llama's RMSNorm ``x * rsqrt(|x|²/d + eps) * weight`` for many receivers' float32 inputs.
+    """An RMSNorm ``x * rsqrt(|x|²/d + eps) * gain`` (Llama's: gain = weight; Gemma's: 1 + weight) for many
+    receivers' float32 inputs.
 
     Called, it normalises in three passes over ``x`` (one reduction, two products) instead of the
     module's five; through :meth:`fold` it costs one pass (the reduction) and the projection that
@@ -210,8 +213,13 @@ class ReceiverNorm:
     itself. Results equal the module's up to float rounding.
     """
 
-    def __init__(self, norm: nn.Module, weight: torch.Tensor, eps: float) -> None:
-        self.norm, self.weight, self.eps = norm, weight, eps
+    def __init__(self, norm: nn.Module, weight: torch.Tensor, eps: float, offset: float = 0.0) -> None:
+        self.norm, self.weight, self.eps, self.offset = norm, weight, eps, offset
+
+    @property
+    def gain(self) -> torch.Tensor:
+        """``weight + offset``, from the module's current weight."""
+        return self.weight if self.offset == 0.0 else self.weight + self.offset
 
     def applies(self, x: torch.Tensor) -> bool:
         """Whether ``x`` takes the fast path (float32 input and weight, no autograd)."""
@@ -224,9 +232,9 @@ class ReceiverNorm:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.applies(x):
             return self.norm(x)
-        return torch.mul(x, self.scale(x)).mul_(self.weight)
+        return torch.mul(x, self.scale(x)).mul_(self.gain)
 
     def fold(self, x: torch.Tensor) -> NormFold | None:
         """The norm of ``x`` [..., d] as a :class:`~circuits.models.base.NormFold` for its projection, or
         None off the fast path."""
-        return NormFold(self.weight, self.scale(x)) if self.applies(x) else None
+        return NormFold(self.gain, self.scale(x)) if self.applies(x) else None

@@ -88,16 +88,21 @@ def test_buffered_dense_inputs_equal_einsum_path(family, kind, monkeypatch):
     assert (fast[:3] - fast[3:6])[mask.bool()].abs().max() > 1e-4  # the masks differ
 
 
-@pytest.mark.parametrize("family", ["llama", "olmoe", "gemma2", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "olmoe", "gemma2", "gemma3", "gpt2"])
 def test_receiver_norm_equals_the_module(family):
-    """The few-pass RMSNorm used for many receivers' inputs equals the model's own module (Gemma's
-    1 + weight norm and LayerNorms are the modules themselves)."""
+    """The few-pass RMSNorm used for many receivers' inputs equals the model's own module, with random
+    gains (Gemma's norm multiplies by 1 + weight; LayerNorms are the modules themselves), called and folded."""
     tm = TracedModel(tiny_model(family))
     block = tm.blocks[1]
     x = torch.randn(6, 2, 5, tm.adapter.d_model, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert (block.receiver_norm(x) - block.attn_norm(x)).abs().max() <= TOL
-    assert (block.receiver_norm is block.attn_norm) == (family in ("gemma2", "gpt2"))
+        block.attn_norm.weight.normal_(generator=torch.Generator().manual_seed(1))
+        want = block.attn_norm(x)
+        assert (block.receiver_norm(x) - want).abs().max() <= TOL
+        if isinstance(block.receiver_norm, ReceiverNorm):
+            fold = block.receiver_norm.fold(x)
+            assert (x * fold.scale * fold.weight - want).abs().max() <= TOL
+    assert (block.receiver_norm is block.attn_norm) == (family == "gpt2")
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "phi3", "mixtral"])
