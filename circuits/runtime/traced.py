@@ -118,9 +118,10 @@ class TracedModel(nn.Module):
         takes no fresh pages from the operating system) until a run outside any block that records, probes or
         has gradients (a recording, an attribution or training pass) or :meth:`release_buffers` lets it go: the
         model holds at most one loop's scratch, and never while such work runs. A block lets go of the kept
-        blocks it does not ask for before it allocates anything and when it ends (:meth:`Workspace.begin`). A caller's own ``workspace``
-        is used instead and stays the caller's. A masked :meth:`run` without gradients, probes or recording
-        is a block of one run by itself (for the CPU, what the CUDA caching allocator does for freed blocks)."""
+        blocks it does not ask for before it allocates anything and when it ends (:meth:`Workspace.begin`).
+        A caller's own ``workspace`` is used instead and stays the caller's. A masked :meth:`run` without
+        gradients, probes or recording is a block of one run by itself (for the CPU, what the CUDA caching
+        allocator does for freed blocks)."""
         if self.workspace is not None:
             yield
             return
