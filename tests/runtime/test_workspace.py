@@ -69,12 +69,20 @@ def test_workspace_hands_out_its_block_while_it_has_room():
     assert ws.empty("y", (2, 2), torch.float32, cpu).data_ptr() != b.data_ptr()  # names do not share
 
 
-def test_a_masked_run_that_does_not_record_lets_older_outputs_go(states):
-    tm = TracedModel(tiny_model("gpt2"))
+def _masked(family: str) -> tuple[TracedModel, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A traced tiny model, a clean and a corrupted batch, their mask, a random half-kept edge mask and the
+    corrupted run's senders (recorded, which is the first run)."""
+    tm = TracedModel(tiny_model(family))
     clean, corr, am = random_batch()
     keep = (torch.rand(tm.layout.n_edges, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     with torch.no_grad():
         ref = tm.run(corr, am, record=True).senders
+    return tm, clean, corr, am, keep, ref
+
+
+def test_a_masked_run_that_does_not_record_lets_older_outputs_go(states):
+    tm, clean, _, am, keep, ref = _masked("gpt2")
+    with torch.no_grad():
         plain = tm.run(clean, am, patch=Patch(keep, ref)).logits
         rec = tm.run(clean, am, patch=Patch(keep, ref), record=True)
     held = [[z is not None for _, _, z, _ in s.groups] for s in states[1:]]
@@ -84,12 +92,9 @@ def test_a_masked_run_that_does_not_record_lets_older_outputs_go(states):
 
 
 def test_the_last_loops_scratch_is_kept_for_the_next_until_another_run(states):
-    tm = TracedModel(tiny_model("llama"))
-    clean, corr, am = random_batch()
+    tm, clean, corr, am, keep, ref = _masked("llama")
     first = len(states)
     with torch.no_grad():
-        ref = tm.run(corr, am, record=True).senders
-        keep = (torch.rand(tm.layout.n_edges, generator=torch.Generator().manual_seed(0)) > 0.5).float()
         for _ in range(2):
             with tm.reusing_buffers():
                 tm.run(clean, am, patch=Patch(keep, ref))
@@ -110,11 +115,7 @@ def test_the_last_loops_scratch_is_kept_for_the_next_until_another_run(states):
 
 
 def test_a_plain_masked_run_keeps_its_scratch_and_other_runs_let_it_go(states):
-    tm = TracedModel(tiny_model("gpt2"))
-    clean, corr, am = random_batch()
-    keep = (torch.rand(tm.layout.n_edges, generator=torch.Generator().manual_seed(0)) > 0.5).float()
-    with torch.no_grad():
-        ref = tm.run(corr, am, record=True).senders
+    tm, clean, _, am, keep, ref = _masked("gpt2")
     first = len(states)
     with torch.no_grad():
         a = tm.run(clean, am, patch=Patch(keep, ref)).logits
@@ -133,11 +134,8 @@ def test_a_plain_masked_run_keeps_its_scratch_and_other_runs_let_it_go(states):
 
 
 def test_a_block_made_under_inference_mode_is_not_handed_out_outside_it():
-    tm = TracedModel(tiny_model("gpt2"))
-    clean, corr, am = random_batch()
-    keep = (torch.rand(tm.layout.n_edges, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    tm, clean, _, am, keep, ref = _masked("gpt2")
     with torch.no_grad():
-        ref = tm.run(corr, am, record=True).senders
         want = tm.run(clean, am, patch=Patch(keep, ref)).logits
     tm.release_buffers()
     with torch.inference_mode():
@@ -169,11 +167,8 @@ def test_a_loop_keeps_only_the_blocks_it_asked_for():
 
 
 def test_the_next_loop_lets_go_of_what_it_does_not_use():
-    tm = TracedModel(tiny_model("gpt2"))
-    clean, corr, am = random_batch()
-    keep = (torch.rand(tm.layout.n_edges, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    tm, clean, _, am, keep, ref = _masked("gpt2")
     with torch.no_grad():
-        ref = tm.run(corr, am, record=True).senders
         with tm.reusing_buffers():
             tm.run(clean, am, patch=Patch(keep, ref))
             tm.workspace.empty("another loop's block", (1000,), torch.float32, torch.device("cpu"))
