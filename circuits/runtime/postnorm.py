@@ -150,14 +150,14 @@ def _input_without_grad(resid: torch.Tensor, W: torch.Tensor, nonattn_delta: tor
         delta = layer.delta.expand(Wl.shape[1], K, *layer.delta.shape[2:])
         pre = layer.pre  # [K|1, B, P, d]
         Wp = Wu[patched].to(delta.dtype)  # [U', K, H]
-        if K == 1:  # pre_v = pre - Σ_h w_hv Δ_h in one pass, into memory reused across layers
-            if scratch is None:
-                scratch = resid.new_empty(R * B * P * d)
-            prim = scratch[:len(Wp) * B * P * d].view(len(Wp), 1, B, P, d)
-            torch.addmm(pre.reshape(1, -1), Wp[:, 0], delta.reshape(len(delta), -1), alpha=-1,
-                        out=prim.view(len(Wp), -1))
-        else:
-            prim = torch.einsum("ukh,hkbpd->ukbpd", Wp, delta).neg_().add_(pre)
+        # pre_v = pre - Σ_h w_hv Δ_h, one pass per mask, into memory reused across layers ([K, U', B, P, d])
+        if scratch is None:
+            scratch = resid.new_empty(R * K * B * P * d)
+        prim = scratch[:K * len(Wp) * B * P * d].view(K, len(Wp), B, P, d)
+        for k in range(K):  # masks, not edges
+            torch.addmm(pre[k if len(pre) > 1 else 0].reshape(1, -1), Wp[:, k], delta[:, k].reshape(len(delta), -1),
+                        alpha=-1, out=prim[k].view(len(Wp), -1))
+        prim = prim.transpose(0, 1)  # [U', K, B, P, d]
         # the receivers lose post(pre) - post(pre_v): add post(pre_v) - post(pre) to them, [U', K, B, P, d]
         term = _normalised(layer, prim).sub_(layer.norm(pre))
         if x is None:
