@@ -16,6 +16,7 @@ from circuits import Patch, TracedModel, graph_for
 from circuits.graph import expected_edge_count
 from circuits.patching import PatchRunner
 from circuits.runtime import default_position_ids
+from circuits.runtime.block import receiver_rms
 from circuits.scores import attribute, metric_of_runs
 
 TOL = 1e-4
@@ -168,7 +169,8 @@ def test_receivers_sharing_a_patched_sum_read_their_own(fam):
 
 
 def test_post_attention_rms_equals_the_norm_module(fam):
-    """Adapter.post_attn_rms's ``x * rsqrt(mean(x²) + eps) * gain`` is the model's own post-attention norm."""
+    """The post-attention norm as a ReceiverNorm (``x * rsqrt(mean(x²) + eps) * gain``, the model's gain and eps,
+    :func:`receiver_rms`) is the model's own module, normalising in place too."""
     tm = TracedModel(tiny_model(fam[0]))  # its own copy: the gains are changed below
     x = torch.randn(3, 5, tm.adapter.d_model, generator=torch.Generator().manual_seed(0)) * 3
     for layer in range(tm.adapter.n_layers):
@@ -176,8 +178,10 @@ def test_post_attention_rms_equals_the_norm_module(fam):
         with torch.no_grad():
             norm.weight.normal_()  # random gains (a fresh model's are all 0 or 1)
             want = norm(x)
-            gain, eps = tm.adapter.post_attn_rms(layer)
+            rms = receiver_rms(norm, tm.adapter.rms_norm, tm.adapter.rms_weight_offset)
+            gain, eps = rms.gain, rms.eps
             assert (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gain - want).abs().max() <= 1e-5
+            assert (rms.normalise_(x.clone()) - want).abs().max() <= 1e-5
 
 
 def test_resumed_masked_runs_equal_full_runs(fam):
@@ -200,9 +204,9 @@ def test_unpatched_layers_cost_no_norm(fam, monkeypatch):
     """One removed edge from a layer-0 head: later receiver groups that keep all of layer 0 run no extra
     norm; the one group with that receiver normalises two sums (the live one and the patched receiver's),
     not one per receiver. (The module is called for every norm here, so its hook sees them all; the
-    in-place RMSNorm, Adapter.post_attn_rms, normalises the same sums.)"""
+    in-place RMSNorm, runtime.block.receiver_rms, normalises the same sums.)"""
     _, model, tm = fam
-    monkeypatch.setattr(tm.adapter, "post_attn_rms", lambda layer: None)
+    monkeypatch.setattr(tm.adapter, "rms_norm", False)
     clean, corr, mask = random_batch()
     lay = tm.layout
     rows = []

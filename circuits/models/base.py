@@ -169,11 +169,6 @@ class Adapter:
         """The norm applied to the MLP's output before it joins the residual, or None."""
         return None
 
-    def post_attn_rms(self, layer: int) -> tuple[torch.Tensor, float] | None:
-        """:meth:`post_attn_norm` as ``(gain, eps)`` of the RMSNorm ``x * rsqrt(mean(x²) + eps) * gain`` (float32),
-        so that many receivers' sums can be normalised in place, or None (the module is called)."""
-        return None
-
     def attn_softcap(self, layer: int) -> float | None:
         """Attention logit soft-capping ``c``: scores become ``c tanh(scores / c)`` before the mask (Gemma-2)."""
         return None
@@ -304,9 +299,10 @@ class Adapter:
     #: :meth:`project_qkv` and :meth:`project_heads` apply an input norm's :class:`NormFold` (a family whose
     #: q/k/v are not per-head projections of the normalised input, e.g. OLMoE's full-width q/k norms, says False)
     folds_input_norm: bool = True
-    #: the attention norm is an RMSNorm, ``(weight + rms_weight_offset) * x * rsqrt(mean(x²) + eps)`` in float32
-    #: (``eps``: the module's ``variance_epsilon`` or ``eps``): many receivers' own inputs are then normalised
-    #: by :func:`~circuits.runtime.block.receiver_norm` in fewer passes (else the module is used as it is)
+    #: the model's norms (attention, post-attention) are RMSNorms, ``(weight + rms_weight_offset) * x *
+    #: rsqrt(mean(x²) + eps)`` in float32 (``eps``: the module's ``variance_epsilon`` or ``eps``): many receivers'
+    #: own inputs and patched sums are then normalised by :func:`~circuits.runtime.block.receiver_rms` in fewer
+    #: passes (a norm module without a weight or eps, e.g. OLMo-2's identity attention norm, is used as it is)
     rms_norm: bool = False
     #: added to an RMSNorm's weight to give its gain (Gemma's RMSNorm multiplies by ``1 + weight``)
     rms_weight_offset: float = 0.0

@@ -42,10 +42,6 @@ class Gemma2Adapter(LlamaAdapter):
     def post_mlp_norm(self, layer: int) -> nn.Module | None:
         return self.block(layer).post_feedforward_layernorm
 
-    def post_attn_rms(self, layer: int) -> tuple[torch.Tensor, float] | None:
-        norm = self.block(layer).post_attention_layernorm
-        return 1.0 + norm.weight.float(), float(norm.eps)  # Gemma's RMSNorm multiplies by 1 + weight
-
     def attn_softcap(self, layer: int) -> float | None:
         cap = getattr(self.config, "attn_logit_softcapping", None)
         return None if cap is None else float(cap)

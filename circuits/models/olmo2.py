@@ -93,7 +93,3 @@ class Olmo2Adapter(FullWidthQKNorm, LlamaAdapter):
 
     def post_mlp_norm(self, layer: int) -> nn.Module | None:
         return self.block(layer).post_feedforward_layernorm
-
-    def post_attn_rms(self, layer: int) -> tuple[torch.Tensor, float] | None:
-        norm = self.block(layer).post_attention_layernorm
-        return norm.weight.float(), float(norm.variance_epsilon)

@@ -194,13 +194,16 @@ def in_memory_order(norm: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
 
 def receiver_norm(norm: nn.Module, rms: bool, offset: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
     """The attention norm as applied to many receivers' own inputs (``[..., d]``; rows are independent):
-    a :class:`ReceiverNorm` for an RMSNorm (``rms``, :attr:`Adapter.rms_norm`, and a module holding ``weight``
-    and ``variance_epsilon`` or ``eps``; gain ``weight + offset``, :attr:`Adapter.rms_weight_offset`), else the
-    module itself."""
+    :func:`receiver_rms`'s :class:`ReceiverNorm` where there is one, else the module itself."""
+    return receiver_rms(norm, rms, offset) or norm
+
+
+def receiver_rms(norm: nn.Module | None, rms: bool, offset: float = 0.0) -> ReceiverNorm | None:
+    """``norm`` as a :class:`ReceiverNorm` when it is an RMSNorm (``rms``, :attr:`Adapter.rms_norm`, and a module
+    holding ``weight`` and ``variance_epsilon`` or ``eps``; gain ``weight + offset``,
+    :attr:`Adapter.rms_weight_offset`), else None."""
     eps, weight = getattr(norm, "variance_epsilon", getattr(norm, "eps", None)), getattr(norm, "weight", None)
-    if rms and isinstance(eps, float) and weight is not None:
-        return ReceiverNorm(norm, weight, eps, offset)
-    return norm
+    return ReceiverNorm(norm, weight, eps, offset) if rms and isinstance(eps, float) and weight is not None else None
 
 
 class ReceiverNorm:
@@ -233,6 +236,13 @@ class ReceiverNorm:
         if not self.applies(x):
             return self.norm(x)
         return torch.mul(x, self.scale(x)).mul_(self.gain)
+
+    def normalise_(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm of ``x``, written into ``x`` on the fast path (the caller owns ``x``; otherwise the module's
+        result, a new tensor)."""
+        if not self.applies(x):
+            return self.norm(x)
+        return x.mul_(self.scale(x)).mul_(self.gain)
 
     def fold(self, x: torch.Tensor) -> NormFold | None:
         """The norm of ``x`` [..., d] as a :class:`~circuits.models.base.NormFold` for its projection, or

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .block import ReceiverNorm
+
 ProbeFn = Callable[[torch.Tensor, slice, torch.Tensor], None]
 """``(receivers, senders, grad)``: the gradient ``grad`` [R, B', P, d] that senders ``senders`` pair with."""
 
@@ -48,14 +50,15 @@ class AttnLayer:
 
     ``senders``: its heads' sender range; ``pre``: ``[K|1, B, P, d]`` the live ``Σ_h z_h + b_O``;
     ``delta``: ``[H, K|1, B, P, d]`` ``z_h - z_h^ref`` (None when nothing is patched); ``norm``: the
-    post-attention norm; ``rms``: that norm's ``(gain, eps)`` when it is an RMSNorm (normalised in place then).
+    post-attention norm; ``rms``: that norm as a :class:`ReceiverNorm` when it is an RMSNorm (then patched sums
+    are normalised in place).
     """
 
     senders: slice
     pre: torch.Tensor
     delta: torch.Tensor | None
     norm: nn.Module
-    rms: tuple[torch.Tensor, float] | None = None  # the norm as (gain, eps) when an RMSNorm (Adapter.post_attn_rms)
+    rms: ReceiverNorm | None = None
 
 
 def _zero(w: torch.Tensor | None) -> bool:
@@ -159,7 +162,7 @@ def _input_without_grad(resid: torch.Tensor, W: torch.Tensor, nonattn_delta: tor
                         alpha=-1, out=prim[k].view(len(Wp), -1))
         prim = prim.transpose(0, 1)  # [U', K, B, P, d]
         # the receivers lose post(pre) - post(pre_v): add post(pre_v) - post(pre) to them, [U', K, B, P, d]
-        term = _normalised(layer, prim).sub_(layer.norm(pre))
+        term = (layer.norm(prim) if layer.rms is None else layer.rms.normalise_(prim)).sub_(layer.norm(pre))
         if x is None:
             x = resid.view(1, K, B, P, d).expand(R, K, B, P, d).clone()
         recv = (rows >= 0).nonzero().flatten()
@@ -170,15 +173,6 @@ def _input_without_grad(resid: torch.Tensor, W: torch.Tensor, nonattn_delta: tor
         else:
             x.index_add_(0, recv, term[rows[recv]])
     return None if x is None else x.reshape(R, Bp, P, d)
-
-
-def _normalised(layer: AttnLayer, x: torch.Tensor) -> torch.Tensor:
-    """``layer.norm(x)``, in place in ``x`` where the norm is a float32 RMSNorm (``layer.rms``)."""
-    if layer.rms is None or x.dtype != torch.float32 or layer.rms[0].dtype != torch.float32:
-        return layer.norm(x)
-    gain, eps = layer.rms
-    scale = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
-    return x.mul_(scale).mul_(gain)
 
 
 def _register_probe(x: torch.Tensor, probe: tuple[ProbeFn, torch.Tensor], nonattn: slice,

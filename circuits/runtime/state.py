@@ -17,7 +17,7 @@ import torch
 
 from ..graph import GraphLayout, PatchWeights
 from ..models.base import Adapter
-from .block import Block, PlainIO
+from .block import Block, PlainIO, receiver_rms
 from .position_sums import position_sums
 from .postnorm import AttnLayer, post_norm_input
 from .workspace import Workspace
@@ -368,8 +368,10 @@ class RunState:
             b_O = self.adapter.attn_weights(layer).b_O
             pre = z.sum(0) if b_O is None else z.sum(0) + b_O
             delta = None if self.reference is None else z - self.reference[s0:s1, None].to(z.dtype)
-            self.attn_layers[layer] = AttnLayer(slice(s0, s1), pre, delta, self.adapter.post_attn_norm(layer),
-                                                self.adapter.post_attn_rms(layer))
+            a = self.adapter
+            norm = a.post_attn_norm(layer)
+            self.attn_layers[layer] = AttnLayer(slice(s0, s1), pre, delta, norm,
+                                                receiver_rms(norm, a.rms_norm, a.rms_weight_offset))
         return self.attn_layers[layer]
 
     def _split_qkv(self, block, resid: torch.Tensor, r0: int, r1: int, n: int):
