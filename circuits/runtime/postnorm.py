@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -59,6 +60,11 @@ class AttnLayer:
     delta: torch.Tensor | None
     norm: nn.Module
     rms: ReceiverNorm | None = None
+
+    @cached_property
+    def post(self) -> torch.Tensor:
+        """``norm(pre)``, the live sum normalised: computed once for every receiver group that reads the layer."""
+        return self.norm(self.pre)
 
 
 def _zero(w: torch.Tensor | None) -> bool:
@@ -87,11 +93,11 @@ def layer_term(layer: AttnLayer, Wl: torch.Tensor | None, K: int, R: int
     delta = layer.delta.expand(H, K, *layer.delta.shape[2:])
     primals = pre[None] - torch.einsum("ukh,hkbpd->ukbpd", Wu.to(delta.dtype), delta)  # [U, K, B, P, d]
     if Wl.requires_grad:
-        term_u = layer.norm(pre)[None] - layer.norm(primals)
+        term_u = layer.post[None] - layer.norm(primals)
     else:  # a column that keeps every edge loses exactly nothing: only the others are normalised
         patched = ~Wu.eq(0).flatten(1).all(1)  # [U]
         term_u = torch.zeros_like(primals)
-        term_u[patched] = layer.norm(pre)[None] - layer.norm(primals[patched])
+        term_u[patched] = layer.post[None] - layer.norm(primals[patched])
     return term_u[inv], primals, inv
 
 
@@ -162,7 +168,7 @@ def _input_without_grad(resid: torch.Tensor, W: torch.Tensor, nonattn_delta: tor
                         alpha=-1, out=prim[k].view(len(Wp), -1))
         prim = prim.transpose(0, 1)  # [U', K, B, P, d]
         # the receivers lose post(pre) - post(pre_v): add post(pre_v) - post(pre) to them, [U', K, B, P, d]
-        term = (layer.norm(prim) if layer.rms is None else layer.rms.normalise_(prim)).sub_(layer.norm(pre))
+        term = (layer.norm(prim) if layer.rms is None else layer.rms.normalise_(prim)).sub_(layer.post)
         if x is None:
             x = resid.view(1, K, B, P, d).expand(R, K, B, P, d).clone()
         recv = (rows >= 0).nonzero().flatten()
