@@ -35,9 +35,13 @@ class Workspace:
 
     def end(self) -> None:
         """The loop is over: keep only the blocks it asked for."""
+        self._drop_unasked()
+        self._asked = None
+
+    def _drop_unasked(self) -> None:
+        """While a loop runs, let go of the blocks it has not asked for."""
         if self._asked is not None:
             self._held = {k: v for k, v in self._held.items() if k in self._asked}
-        self._asked = None
 
     def empty(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """An uninitialised contiguous tensor like ``torch.empty(shape)``: a view of the block held under
@@ -53,8 +57,7 @@ class Workspace:
                 or held.is_inference() != inference):
             self._held.pop(name, None)
             del held
-            if self._asked is not None:  # an earlier loop's blocks this one has not used go first
-                self._held = {k: v for k, v in self._held.items() if k in self._asked}
+            self._drop_unasked()  # an earlier loop's blocks this one has not used go first
             held = self._held[name] = torch.empty(n, dtype=dtype, device=device)
         return held[:n].view(shape)
 
